@@ -28,8 +28,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	python -m autograder demo
 
+# Unit and end-to-end tests, then nbval runs every source notebook top to bottom under `smoke`
+# (in lab order, sharing one temporary artifacts folder so lab 4 finds lab 3's model).
 test: $(STAMP)
-	python -m pytest -q -p no:cacheprovider
+	python -m pytest -q -p no:cacheprovider tests
+	art=$$(mktemp -d) && LABKIT_PROFILE=smoke LABKIT_ARTIFACTS=$$art python -m pytest -q -p no:cacheprovider \
+	    --nbval-lax --nbval-current-env notebooks; rc=$$?; rm -rf $$art; exit $$rc
 
 test-fast: $(STAMP)
 	python -m pytest -q -p no:cacheprovider -m "not slow and not browser"

@@ -46,3 +46,37 @@ def find_artifact(lab: str, name: str, profile: Profile | None = None,
     raise FileNotFoundError(
         f"{fname} not found in {prof.artifacts} or ./{SHIPPED_DIR}: run {lab} first under "
         f"profile={prof.name}, dataset={prof.dataset} (or use the release's checkpoints)")
+
+
+HEADLINES = "headlines.json"
+
+
+def record_headline(lab: str, profile: Profile | None = None, **numbers: float | int | str) -> Path:
+    """Record a lab's headline numbers in ``<artifacts>/headlines.json`` (merged, atomic write).
+
+    ``make demo`` prints them after running the notebooks; keys are short labels such as
+    ``test_acc`` or ``params_ratio``.
+    """
+    import json
+    import os
+    import tempfile
+
+    prof = profile or get_profile()
+    prof.artifacts.mkdir(parents=True, exist_ok=True)
+    path = prof.artifacts / HEADLINES
+    data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    def plain(v):  # numpy / torch scalars -> Python numbers, so json can write them
+        v = v.item() if hasattr(v, "item") else v
+        return round(v, 4) if isinstance(v, float) else v
+
+    data[lab] = {"profile": prof.name, "dataset": prof.dataset, **{k: plain(v) for k, v in numbers.items()}}
+    text = json.dumps(data, indent=2, sort_keys=True)  # fails before any file is touched
+    fd, tmp = tempfile.mkstemp(dir=prof.artifacts, prefix=".headlines-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

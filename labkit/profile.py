@@ -129,7 +129,7 @@ def resolve(environ: dict[str, str] | None = None) -> Profile:
     """Resolve a profile from ``environ`` (default ``os.environ``) without caching."""
     env = os.environ if environ is None else environ
     forced = bool(env.get("NBGRADER_EXECUTION"))
-    name = "smoke" if forced else _choose("LABKIT_PROFILE", env.get("LABKIT_PROFILE", "fast"), PROFILES)
+    name = "smoke" if forced else _choose("LABKIT_PROFILE", env.get("LABKIT_PROFILE") or "fast", PROFILES)
 
     device = env.get("LABKIT_DEVICE")
     if device:
@@ -149,7 +149,7 @@ def resolve(environ: dict[str, str] | None = None) -> Profile:
     else:
         dataset = "digits"
 
-    seed_text = env.get("LABKIT_SEED", "0")
+    seed_text = env.get("LABKIT_SEED") or "0"
     try:
         seed = int(seed_text)
     except ValueError:

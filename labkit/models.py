@@ -1,0 +1,317 @@
+"""Models used across the labs, all sized for 32x32 inputs by default.
+
+* :class:`VGG` is the network-slimming VGG (Liu et al., "Learning Efficient Convolutional
+  Networks through Network Slimming", ICCV 2017; reference code
+  ``Eric-mingjie/network-slimming``, ``models/vgg.py``): 3x3 conv (no bias) + BatchNorm + ReLU
+  blocks, ``'M'`` = 2x2 max-pool, global average pooling and one linear classifier. It can be
+  built from *any* channel list, which is how a pruned network is re-instantiated.
+* :func:`resnet18` / :func:`resnet50` / :func:`shufflenet_v2` wrap torchvision with an optional
+  32x32 stem; :func:`mobilenet_v1` and :func:`simple_cnn` are small students for distillation.
+
+Every model maps float32 images ``[B, C, H, W]`` to logits ``[B, num_classes]``.
+"""
+from __future__ import annotations
+
+import inspect
+import operator
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["VGG_CFGS", "scale_cfg", "VGG", "vgg", "resnet18", "resnet50", "mobilenet_v1",
+           "simple_cnn", "shufflenet_v2", "build_model", "MODEL_NAMES"]
+
+# network-slimming ``defaultcfg``: ints are conv output channels, 'M' a 2x2 max-pool.
+VGG_CFGS: dict[int, list] = {
+    11: [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512],
+    13: [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512],
+    16: [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512],
+    19: [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+         512, 512, 512, 512],
+}
+
+
+def _check_positive_int(value: Any, what: str) -> int:
+    """``value`` as a Python int, or one clear ``ValueError``."""
+    if isinstance(value, bool):
+        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+    try:
+        out = operator.index(value)  # ints, numpy ints, 0-d integer tensors; not floats
+    except TypeError:
+        raise ValueError(f"{what} must be a positive integer, got {value!r} "
+                         f"({type(value).__name__})") from None
+    if out < 1:
+        raise ValueError(f"{what} must be a positive integer, got {out}")
+    return out
+
+
+def _normalize_cfg(cfg: Sequence) -> list:
+    """Validate a VGG channel list and return it as plain ints and ``'M'``."""
+    if isinstance(cfg, (str, bytes)) or not isinstance(cfg, Sequence):
+        raise ValueError(f"cfg must be a list of channel counts and 'M', got {type(cfg).__name__}")
+    out: list = []
+    for i, v in enumerate(cfg):
+        out.append("M" if v == "M" else _check_positive_int(v, f"cfg[{i}]"))
+    if not any(v != "M" for v in out):
+        raise ValueError("cfg must contain at least one channel count (e.g. [64, 'M', 128])")
+    return out
+
+
+def _last_channels(cfg: list) -> int:
+    return next(v for v in reversed(cfg) if v != "M")
+
+
+def scale_cfg(cfg: Sequence, width: float) -> list:
+    """Multiply every channel count of ``cfg`` by ``width`` (rounded, at least 1); ``'M'`` kept.
+
+    >>> scale_cfg([64, 'M', 128], 0.125)
+    [8, 'M', 16]
+    """
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not width > 0:
+        raise ValueError(f"width must be a number > 0 (e.g. 0.25), got {width!r}")
+    return ["M" if v == "M" else max(1, int(round(v * width))) for v in _normalize_cfg(cfg)]
+
+
+class VGG(nn.Module):
+    """Network-slimming VGG for small images.
+
+    Args:
+        cfg: channel counts and ``'M'`` (max-pool), e.g. ``VGG_CFGS[19]`` or a pruned list.
+        num_classes: size of the output.
+        in_channels: channels of the input images.
+
+    Shapes: input float ``[B, in_channels, H, W]`` (H, W divisible by 2 per ``'M'``),
+    output logits ``[B, num_classes]``.
+    """
+
+    def __init__(self, cfg: Sequence, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        self.cfg: list = _normalize_cfg(cfg)
+        num_classes = _check_positive_int(num_classes, "num_classes")
+        in_channels = _check_positive_int(in_channels, "in_channels")
+        self.feature = self._make_layers(self.cfg, in_channels)
+        # The reference uses AvgPool2d(2) on a 2x2 map; adaptive pooling gives the same on
+        # 32x32 inputs and also accepts other input sizes.
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(_last_channels(self.cfg), num_classes)
+        self._initialize_weights()
+
+    @staticmethod
+    def _make_layers(cfg: list, in_channels: int) -> nn.Sequential:
+        layers: list[nn.Module] = []
+        for v in cfg:
+            if v == "M":
+                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            else:
+                # no conv bias: the following BatchNorm's beta plays that role
+                layers += [nn.Conv2d(in_channels, v, kernel_size=3, padding=1, bias=False),
+                           nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
+                in_channels = v
+        return nn.Sequential(*layers)
+
+    def _initialize_weights(self) -> None:
+        # Same as the reference: He init (fan_out), BN gamma 0.5 (as in the slimming paper's
+        # code, so that the L1 penalty starts from a common scale), small classifier weights.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 0.5)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W]`` -> logits ``[B, num_classes]``."""
+        x = self.pool(self.feature(x))
+        return self.classifier(torch.flatten(x, 1))
+
+
+def vgg(depth: int = 19, width: float = 1.0, num_classes: int = 10,
+        cfg: Sequence | None = None) -> VGG:
+    """A :class:`VGG` of ``depth`` in {11, 13, 16, 19} with channels scaled by ``width``.
+
+    If ``cfg`` is given (e.g. a pruned channel list) it is used exactly as it is, and
+    ``depth`` / ``width`` are ignored: a pruned cfg already holds the final channel counts.
+    """
+    if cfg is None:
+        if depth not in VGG_CFGS:
+            raise ValueError(f"VGG depth {depth!r} is not available; use one of "
+                             f"{', '.join(map(str, VGG_CFGS))}")
+        cfg = scale_cfg(VGG_CFGS[depth], width)
+    return VGG(cfg, num_classes=num_classes)
+
+
+def _small_resnet_stem(model: nn.Module) -> None:
+    """Swap the ImageNet stem (7x7 stride-2 conv + max-pool) for a 3x3 stride-1 conv.
+
+    On 32x32 inputs the ImageNet stem shrinks the map to 8x8 before the first block, which
+    costs several points of accuracy (this is the usual CIFAR variant of ResNet).
+    """
+    model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+    model.maxpool = nn.Identity()
+
+
+def _torchvision_resnet(builder: Callable[..., nn.Module], num_classes: int, small_input: bool,
+                        weights: Any) -> nn.Module:
+    num_classes = _check_positive_int(num_classes, "num_classes")
+    if weights is None:
+        model = builder(weights=None, num_classes=num_classes)
+    else:
+        # Pretrained heads have 1000 outputs; build as published, then give it a fresh head.
+        model = builder(weights=weights)
+        if model.fc.out_features != num_classes:
+            model.fc = nn.Linear(model.fc.in_features, num_classes)
+    if small_input:
+        _small_resnet_stem(model)  # note: replaces a pretrained conv1 with a fresh one
+    return model
+
+
+def resnet18(num_classes: int = 10, small_input: bool = True, weights: Any = None) -> nn.Module:
+    """torchvision ResNet-18; ``small_input`` uses a 3x3 stride-1 stem and no max-pool (32x32).
+
+    ``weights`` is passed to torchvision (e.g. ``"IMAGENET1K_V1"``); the files must already be
+    in the torch hub cache because nothing is downloaded while the labs run.
+    """
+    import torchvision
+
+    return _torchvision_resnet(torchvision.models.resnet18, num_classes, small_input, weights)
+
+
+def resnet50(num_classes: int = 10, small_input: bool = True, weights: Any = None) -> nn.Module:
+    """torchvision ResNet-50; see :func:`resnet18` for ``small_input`` and ``weights``."""
+    import torchvision
+
+    return _torchvision_resnet(torchvision.models.resnet50, num_classes, small_input, weights)
+
+
+def shufflenet_v2(num_classes: int = 10, small_input: bool = True) -> nn.Module:
+    """torchvision ShuffleNet-V2 x0.5; ``small_input``: stride-1 first conv and no max-pool."""
+    import torchvision
+
+    num_classes = _check_positive_int(num_classes, "num_classes")
+    model = torchvision.models.shufflenet_v2_x0_5(weights=None, num_classes=num_classes)
+    if small_input:
+        model.conv1[0].stride = (1, 1)
+        model.maxpool = nn.Identity()
+    return model
+
+
+class _MobileBlock(nn.Sequential):
+    """MobileNet-V1 block: depthwise 3x3 + BN + ReLU, then pointwise 1x1 + BN + ReLU.
+
+    ``[B, c_in, H, W]`` -> ``[B, c_out, H / stride, W / stride]``.
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
+        super().__init__(
+            nn.Conv2d(c_in, c_in, 3, stride=stride, padding=1, groups=c_in, bias=False),
+            nn.BatchNorm2d(c_in), nn.ReLU(inplace=True),
+            nn.Conv2d(c_in, c_out, 1, bias=False),
+            nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+        )
+
+
+# (output channels, stride) of the 13 blocks; the CIFAR variant keeps stride 1 in the stem
+_MOBILENET_V1_CFG: list[tuple[int, int]] = [
+    (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
+    (512, 1), (512, 1), (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1),
+]
+
+
+class _MobileNetV1(nn.Module):
+    def __init__(self, num_classes: int, width: float) -> None:
+        super().__init__()
+
+        def ch(c: int) -> int:
+            return max(1, int(round(c * width)))
+
+        c_in = ch(32)
+        layers: list[nn.Module] = [nn.Conv2d(3, c_in, 3, padding=1, bias=False),
+                                   nn.BatchNorm2d(c_in), nn.ReLU(inplace=True)]
+        for c_out, stride in _MOBILENET_V1_CFG:
+            layers.append(_MobileBlock(c_in, ch(c_out), stride))
+            c_in = ch(c_out)
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(c_in, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` -> logits ``[B, num_classes]``."""
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def mobilenet_v1(num_classes: int = 10, width: float = 1.0) -> nn.Module:
+    """MobileNet-V1 for 32x32 inputs (stride-1 stem; 4 stride-2 blocks: 32 -> 2).
+
+    ``width`` multiplies every channel count (the paper's alpha).
+    """
+    num_classes = _check_positive_int(num_classes, "num_classes")
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not width > 0:
+        raise ValueError(f"width must be a number > 0 (e.g. 0.25), got {width!r}")
+    return _MobileNetV1(num_classes, float(width))
+
+
+def simple_cnn(num_classes: int = 10, width: int = 32, depth: int = 3) -> nn.Module:
+    """A plain CNN: ``depth`` blocks of conv3x3 + BN + ReLU + max-pool, channels
+    ``width * 2**i``, then global average pooling and a linear layer.
+
+    ``[B, 3, H, W]`` -> ``[B, num_classes]``; H and W must be divisible by ``2**depth``.
+    """
+    num_classes = _check_positive_int(num_classes, "num_classes")
+    width = _check_positive_int(width, "width")
+    depth = _check_positive_int(depth, "depth")
+    layers: list[nn.Module] = []
+    c_in = 3
+    for i in range(depth):
+        c_out = width * 2**i
+        layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                   nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+        c_in = c_out
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes)]
+    return nn.Sequential(*layers)
+
+
+def _vgg_depth(depth: int) -> Callable[..., VGG]:
+    def build(width: float = 1.0, num_classes: int = 10, cfg: Sequence | None = None) -> VGG:
+        return vgg(depth=depth, width=width, num_classes=num_classes, cfg=cfg)
+
+    build.__name__ = f"vgg{depth}"
+    build.__doc__ = f"VGG-{depth} (see :func:`vgg`)."
+    return build
+
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {
+    "vgg": vgg,
+    **{f"vgg{d}": _vgg_depth(d) for d in VGG_CFGS},
+    "resnet18": resnet18,
+    "resnet50": resnet50,
+    "mobilenet_v1": mobilenet_v1,
+    "simple_cnn": simple_cnn,
+    "shufflenet_v2": shufflenet_v2,
+}
+MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
+
+
+def build_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build a model by name, e.g. ``build_model("vgg11", width=0.25, num_classes=10)``."""
+    key = str(name).strip().lower().replace("-", "_")
+    if key not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}")
+    builder = _REGISTRY[key]
+    try:
+        inspect.signature(builder).bind(**kwargs)
+    except TypeError:
+        valid = ", ".join(inspect.signature(builder).parameters)
+        raise TypeError(f"build_model({name!r}) got arguments {sorted(kwargs)}; "
+                        f"{key} accepts: {valid}") from None
+    return builder(**kwargs)

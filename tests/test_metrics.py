@@ -1,0 +1,126 @@
+"""labkit.metrics against values computed by hand or by scikit-learn."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import f1_score
+from torch import nn
+
+from labkit import metrics
+from labkit.models import vgg
+
+
+def test_count_params_of_known_layers():
+    conv = nn.Conv2d(3, 8, 3, bias=False)
+    assert metrics.count_params(conv) == 3 * 8 * 9
+    lin = nn.Linear(10, 4)
+    assert metrics.count_params(lin) == 10 * 4 + 4
+    bn = nn.BatchNorm2d(5)  # running stats are buffers, not parameters
+    assert metrics.count_params(bn) == 10
+    seq = nn.Sequential(conv, lin)
+    lin.bias.requires_grad_(False)
+    assert metrics.count_params(seq) == 216 + 44
+    assert metrics.count_params(seq, trainable_only=True) == 216 + 40
+
+
+def test_count_nonzero_counts_conv_and_linear_weights_only():
+    m = nn.Sequential(nn.Conv2d(2, 3, 1), nn.BatchNorm2d(3), nn.Flatten(), nn.Linear(3, 2))
+    assert metrics.count_nonzero(m) == 6 + 6  # biases and BN excluded
+    with torch.no_grad():
+        m[0].weight[0].zero_()
+        m[3].weight[1, 2] = 0
+    assert metrics.count_nonzero(m) == 4 + 5
+
+
+def test_flops_and_macs_of_linear_and_conv():
+    assert metrics.flops(nn.Linear(20, 7), input_size=(5, 20)) == 2 * 20 * 7 * 5
+    assert metrics.macs(nn.Linear(20, 7), input_size=(5, 20)) == 20 * 7 * 5
+    # 3x3 conv, same padding: 2 * C_in * 9 * C_out * H * W
+    conv = nn.Conv2d(3, 4, 3, padding=1, bias=False)
+    assert metrics.flops(conv, (1, 3, 8, 8)) == 2 * 3 * 9 * 4 * 8 * 8
+    m = vgg(11, width=0.125)
+    m.train()
+    assert metrics.flops(m) > 0 and m.training  # mode restored
+
+
+def test_serialized_size_grows_with_params_and_halves_in_fp16():
+    small, big = nn.Linear(100, 100), nn.Linear(400, 400)
+    s_small, s_big = metrics.serialized_size(small), metrics.serialized_size(big)
+    assert s_small > 4 * 100 * 100 and s_big > 4 * 400 * 400  # fp32 payload + overhead
+    assert s_big > 10 * s_small
+    half = metrics.serialized_size(big, dtype=torch.float16)
+    assert 0.45 < half / s_big < 0.55
+    assert metrics.serialized_size(big.state_dict()) == s_big
+    assert big.weight.dtype == torch.float32  # the model itself is not cast
+
+
+def test_latency_is_a_positive_median():
+    t = metrics.latency(nn.Linear(16, 4), input_size=(16,), repeats=5, warmup=1)
+    assert 0 < t < 1.0
+    with pytest.raises(ValueError, match="repeats"):
+        metrics.latency(nn.Linear(16, 4), input_size=(16,), repeats=0)
+
+
+def test_zero_fraction_and_accuracy():
+    assert metrics.zero_fraction(torch.tensor([0.0, 1.0, 0.0, 2.0])) == 0.5
+    logits = torch.tensor([[2.0, 1.0], [0.0, 3.0], [1.0, 0.0]])
+    assert metrics.accuracy(logits, torch.tensor([0, 1, 1])) == pytest.approx(2 / 3)
+    assert metrics.accuracy(torch.tensor([0, 1]), torch.tensor([0, 0])) == 0.5
+
+
+def test_confusion_matrix_rows_are_true_classes():
+    preds = torch.tensor([0, 1, 1, 2, 2, 2])
+    labels = torch.tensor([0, 0, 1, 1, 2, 0])
+    cm = metrics.confusion_matrix(preds, labels, 3)
+    expected = torch.tensor([[1, 1, 1],
+                             [0, 1, 1],
+                             [0, 0, 1]])
+    assert torch.equal(cm, expected)
+    with pytest.raises(ValueError, match=r"\[0, 2\]"):
+        metrics.confusion_matrix(torch.tensor([3]), torch.tensor([0]), 3)
+
+
+def test_macro_f1_matches_sklearn():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 4, (200,), generator=g)
+    preds = torch.where(torch.rand(200, generator=g) < 0.6, labels,
+                        torch.randint(0, 4, (200,), generator=g))
+    preds[preds == 3] = 2  # class 3 never predicted
+    ours = metrics.macro_f1(preds, labels, 5)  # class 4 neither present nor predicted
+    ref = f1_score(labels.numpy(), preds.numpy(), labels=list(range(5)), average="macro",
+                   zero_division=0)
+    assert ours == pytest.approx(ref, abs=1e-12)
+
+
+def test_classification_report_with_hand_computed_values(recwarn):
+    logits = torch.tensor([[0.9, 0.05, 0.03, 0.02],   # true 0: top1 hit
+                           [0.1, 0.2, 0.6, 0.1],      # true 1: 2nd best -> top3 hit
+                           [0.5, 0.1, 0.2, 0.2],      # true 1: rank 4 -> miss
+                           [0.1, 0.1, 0.7, 0.1]])     # true 2: top1 hit
+    labels = torch.tensor([0, 1, 1, 2])
+    r = metrics.classification_report(logits, labels, ["a", "b", "c", "d"], ks=(1, 3, 4))
+    assert r["n"] == 4 and r["classes"] == ["a", "b", "c", "d"]
+    assert r["top1"] == pytest.approx(0.5)
+    assert r["top3"] == pytest.approx(0.75)
+    assert r["top4"] == 1.0
+    rec = r["per_class_recall"]
+    assert torch.allclose(rec[:3], torch.tensor([1.0, 0.0, 1.0]))
+    assert math.isnan(rec[3].item())  # class "d" has no test image
+    assert len(recwarn) == 0  # nothing reaches stderr in a graded cell
+
+
+def test_classification_report_binary():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 0.4], [0.3, 0.0]])
+    r = metrics.classification_report(logits, torch.tensor([0, 1, 1]), ["no", "yes"])
+    assert r["top1"] == pytest.approx(2 / 3) and r["top3"] == 1.0
+    assert np.allclose(r["per_class_recall"].numpy(), [1.0, 0.5])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_latency_on_cuda_measures_a_copy():
+    m = vgg(11, width=0.125)
+    assert metrics.latency(m, device="cuda", repeats=3, warmup=1) > 0
+    assert next(m.parameters()).device.type == "cpu"  # the model itself did not move

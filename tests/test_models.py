@@ -1,0 +1,121 @@
+"""labkit.models: the network-slimming VGG and the torchvision / small students."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from labkit import models
+from labkit.models import VGG, VGG_CFGS, build_model, scale_cfg, vgg
+
+X = torch.randn(2, 3, 32, 32)
+
+
+def convs(m: nn.Module) -> list[nn.Conv2d]:
+    return [x for x in m.modules() if isinstance(x, nn.Conv2d)]
+
+
+def test_vgg_cfgs_match_network_slimming():
+    assert VGG_CFGS[19] == [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
+                            512, 512, 512, 512, "M", 512, 512, 512, 512]
+    # depth counts the original VGG's 3 fully connected layers (slimming keeps one)
+    for depth, cfg in VGG_CFGS.items():
+        assert sum(v != "M" for v in cfg) + 3 == depth
+
+
+@pytest.mark.parametrize("depth", sorted(VGG_CFGS))
+def test_vgg_each_depth_forward_and_cfg_round_trip(depth):
+    m = vgg(depth, width=0.125, num_classes=7)
+    assert m.cfg == scale_cfg(VGG_CFGS[depth], 0.125)
+    assert m(X).shape == (2, 7)
+    # rebuilding from the stored cfg gives the same architecture: the state dict loads
+    again = VGG(m.cfg, num_classes=7)
+    again.load_state_dict(m.state_dict())
+    assert [c.out_channels for c in convs(m)] == [v for v in m.cfg if v != "M"]
+    assert m.classifier.in_features == m.cfg[-1]
+
+
+def test_vgg_layer_structure_and_init():
+    m = vgg(11, width=0.125)
+    kinds = [type(x) for x in m.feature]
+    assert kinds[:4] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d]
+    for c in convs(m):
+        assert c.bias is None and c.kernel_size == (3, 3) and c.padding == (1, 1)
+    for bn in (x for x in m.modules() if isinstance(x, nn.BatchNorm2d)):
+        assert torch.all(bn.weight == 0.5) and torch.all(bn.bias == 0)
+    assert torch.all(m.classifier.bias == 0)
+    assert 0.005 < m.classifier.weight.std().item() < 0.02
+    # He init with fan_out: std ~ sqrt(2 / (9 * out_channels)) on the widest conv
+    big = vgg(11).feature[-3]
+    expected = (2 / (9 * big.out_channels)) ** 0.5
+    assert abs(big.weight.std().item() / expected - 1) < 0.05
+
+
+def test_vgg_from_arbitrary_pruned_cfg():
+    cfg = [3, "M", 17, 1, "M", 5, 9, "M", 2]
+    m = VGG(cfg, num_classes=4)
+    assert m(X).shape == (2, 4)
+    assert [c.out_channels for c in convs(m)] == [3, 17, 1, 5, 9, 2]
+    assert vgg(depth=19, width=0.5, cfg=cfg).cfg == cfg  # cfg wins over depth / width
+    assert VGG([torch.tensor(4), "M", 6]).cfg == [4, "M", 6]  # counts from tensor.sum() work
+
+
+@pytest.mark.parametrize("bad", [[0, "M"], [4.0], [True], ["M"], "64,M"])
+def test_vgg_rejects_bad_cfg(bad):
+    with pytest.raises(ValueError, match="cfg"):
+        VGG(bad)
+
+
+def test_scale_cfg_rounds_and_keeps_at_least_one():
+    assert scale_cfg([64, "M", 128, 3], 0.125) == [8, "M", 16, 1]
+    assert scale_cfg([10], 0.26) == [3]
+    with pytest.raises(ValueError, match="width"):
+        scale_cfg([64], 0)
+
+
+def test_resnets_small_input_stem():
+    m = models.resnet18(num_classes=5)
+    assert m.conv1.kernel_size == (3, 3) and m.conv1.stride == (1, 1)
+    assert isinstance(m.maxpool, nn.Identity)
+    m.eval()
+    with torch.no_grad():
+        assert m(X[:1]).shape == (1, 5)
+    assert models.resnet18(num_classes=5, small_input=False).conv1.kernel_size == (7, 7)
+
+
+def test_resnet50_forward():
+    m = models.resnet50(num_classes=3)
+    m.eval()
+    with torch.no_grad():
+        assert m(X[:1]).shape == (1, 3)
+
+
+def test_mobilenet_v1_is_depthwise_separable():
+    m = models.mobilenet_v1(num_classes=10, width=0.25)
+    assert m(X).shape == (2, 10)
+    depthwise = [c for c in convs(m) if c.groups > 1]
+    assert len(depthwise) == 13
+    assert all(c.groups == c.in_channels == c.out_channels for c in depthwise)
+    pointwise = [c for c in convs(m) if c.kernel_size == (1, 1)]
+    assert len(pointwise) == 13
+    # fewer parameters than the same net with full 3x3 convs
+    assert sum(p.numel() for p in m.parameters()) < sum(
+        9 * c.out_channels * c.in_channels for c in pointwise)
+
+
+def test_shufflenet_and_simple_cnn():
+    s = models.shufflenet_v2(num_classes=6)
+    assert s(X).shape == (2, 6)
+    assert s.conv1[0].stride == (1, 1) and isinstance(s.maxpool, nn.Identity)
+    c = models.simple_cnn(num_classes=4, width=4, depth=2)
+    assert c(X).shape == (2, 4)
+    assert [x.out_channels for x in convs(c)] == [4, 8]
+
+
+def test_build_model_registry():
+    assert isinstance(build_model("vgg11", width=0.125), VGG)
+    assert build_model("VGG13", width=0.125).cfg == scale_cfg(VGG_CFGS[13], 0.125)
+    with pytest.raises(ValueError, match="valid names: .*resnet18"):
+        build_model("alexnet")
+    with pytest.raises(TypeError, match="accepts"):
+        build_model("simple_cnn", widht=3)

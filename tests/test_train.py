@@ -1,0 +1,254 @@
+"""labkit.train: the training loop, its hooks, schedules, history and checkpoints."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from labkit.models import simple_cnn, vgg
+from labkit.train import (History, evaluate, fit, load_checkpoint, make_sgd, predict,
+                          save_checkpoint)
+
+
+def blobs(n: int = 48, batch: int = 16, seed: int = 0,
+          size: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A tiny separable 2-class image problem: the class shifts the mean of channel 0.
+
+    Returns a list of (float32 [B, 3, size, size], int64 [B]) batches, like labkit.data.Loader.
+    """
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 2
+    x = torch.randn(n, 3, size, size, generator=g) * 0.5
+    x[:, 0] += (2 * y - 1).view(-1, 1, 1).float() * 1.5
+    return [(x[i:i + batch], y[i:i + batch]) for i in range(0, n, batch)]
+
+
+def tiny(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return simple_cnn(num_classes=2, width=4, depth=1)
+
+
+def test_fit_learns_a_separable_problem():
+    data = blobs()
+    model = tiny()
+    hist = fit(model, data, data, epochs=6, lr=0.05, device="cpu", progress=False)
+    assert isinstance(hist, History) and len(hist) == 6
+    assert list(hist[0]) == ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds"]
+    assert hist.column("epoch") == [1, 2, 3, 4, 5, 6]
+    losses = hist.column("train_loss")
+    assert losses[-1] < 0.5 * losses[0]
+    assert hist.last["test_acc"] >= 0.9
+    ev = evaluate(model, data, device="cpu")
+    assert ev["n"] == 48 and ev["acc"] == pytest.approx(hist.last["test_acc"])
+    logits, labels = predict(model, data)
+    assert logits.shape == (48, 2) and logits.dtype == torch.float32 and labels.dtype == torch.int64
+    assert (logits.argmax(1) == labels).float().mean().item() == pytest.approx(ev["acc"])
+    assert model.training  # evaluate / predict restore the mode
+
+
+def test_after_backward_runs_between_backward_and_step():
+    events: list[str] = []
+    snapshot: dict[str, torch.Tensor] = {}
+
+    class LoggingSGD(torch.optim.SGD):
+        def step(self, closure=None):
+            events.append("step")
+            return super().step(closure)
+
+    def loss_fn(logits, labels, inputs):
+        events.append("forward")
+        snapshot.update({k: p.detach().clone() for k, p in model.named_parameters()})
+        return nn.functional.cross_entropy(logits, labels)
+
+    def hook(m):
+        events.append("hook")
+        for k, p in m.named_parameters():
+            assert p.grad is not None, f"{k} has no gradient yet"
+            assert torch.equal(p, snapshot[k]), f"{k} changed before the hook"
+
+    model = tiny()
+    opt = LoggingSGD(model.parameters(), lr=0.1)
+    fit(model, blobs(n=32), epochs=1, optimizer=opt, loss_fn=loss_fn, after_backward=hook,
+        device="cpu", progress=False)
+    assert events == ["forward", "hook", "step"] * 2
+
+
+def test_hook_that_edits_gradients_takes_effect():
+    # zeroing all gradients in the hook must leave the weights where weight decay puts them
+    model = tiny()
+    before = {k: p.detach().clone() for k, p in model.named_parameters()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    fit(model, blobs(n=16), epochs=1, optimizer=opt,
+        after_backward=lambda m: [p.grad.zero_() for p in m.parameters()],
+        device="cpu", progress=False)
+    for k, p in model.named_parameters():
+        assert torch.equal(p, before[k])
+
+
+def test_on_epoch_start_and_early_stopping():
+    seen: list[int] = []
+
+    class StopAfter:
+        def __init__(self):
+            self.values = []
+
+        def step(self, value):
+            self.values.append(value)
+            return len(self.values) == 2
+
+    stopper = StopAfter()
+    hist = fit(tiny(), blobs(n=16), blobs(n=16), epochs=5, lr=0.01, on_epoch_start=seen.append,
+               early_stopping=stopper, monitor="test_loss", device="cpu", progress=False)
+    assert seen == [1, 2] and len(hist) == 2 and hist.stopped_early
+    assert stopper.values == hist.column("test_loss")
+    assert "stopped early after epoch 2" in hist.to_markdown()
+
+
+def test_integer_milestones_decay_the_rate():
+    hist = fit(tiny(), blobs(n=16), epochs=4, lr=0.1, milestones=[2, 3], device="cpu",
+               progress=False)
+    assert hist.column("lr") == pytest.approx([0.1, 0.1, 0.01, 0.001])
+
+
+@pytest.mark.parametrize("bad", [[1.0], [0.5, 0.75], [0], [True]])
+def test_float_or_non_positive_milestones_rejected(bad):
+    with pytest.raises(ValueError, match="milestones must be positive integer epochs"):
+        fit(tiny(), blobs(n=16), epochs=2, lr=0.1, milestones=bad, device="cpu", progress=False)
+
+
+def test_named_schedulers():
+    cos = fit(tiny(), blobs(n=16), epochs=3, lr=0.1, scheduler="cosine", device="cpu",
+              progress=False).column("lr")
+    assert cos[0] == pytest.approx(0.1) and cos[0] > cos[1] > cos[2]
+    model = tiny()
+    opt = make_sgd(model, 0.1)
+    lrs: list[float] = []
+    hist = fit(model, blobs(n=32, batch=4), epochs=2, optimizer=opt, scheduler="onecycle",
+               after_backward=lambda m: lrs.append(opt.param_groups[0]["lr"]), device="cpu",
+               progress=False)
+    # OneCycleLR steps per batch (16 here): up from max_lr / 25 to 0.1, then far down
+    assert len(lrs) == 16 and hist.column("lr")[0] == pytest.approx(0.1 / 25)
+    assert max(lrs) == pytest.approx(0.1, rel=0.05) and lrs[-1] < 0.01
+    assert lrs.index(max(lrs)) < 8
+    with pytest.raises(ValueError, match="cosine"):
+        fit(tiny(), blobs(n=16), epochs=1, lr=0.1, scheduler="linear", device="cpu", progress=False)
+
+
+def test_fit_is_deterministic_on_cpu():
+    def run():
+        torch.manual_seed(0)
+        model = vgg(cfg=[8, "M", 16, "M", 16], num_classes=2)
+        hist = fit(model, blobs(n=32), blobs(n=16), epochs=2, lr=0.05,
+                   device="cpu", progress=False)
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in hist], model.state_dict()
+
+    (rows_a, sd_a), (rows_b, sd_b) = run(), run()
+    assert rows_a == rows_b
+    assert all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
+
+
+def test_history_best_and_markdown():
+    rows = [{"epoch": 1, "train_loss": 1.0, "train_acc": 0.5, "test_loss": 0.9, "test_acc": 0.6,
+             "lr": 0.1, "seconds": 1.0},
+            {"epoch": 2, "train_loss": 0.5, "train_acc": 0.8, "test_loss": 0.7, "test_acc": 0.7,
+             "lr": 0.1, "seconds": 1.0},
+            {"epoch": 3, "train_loss": 0.4, "train_acc": 0.9, "test_loss": 0.8, "test_acc": 0.7,
+             "lr": 0.01, "seconds": 1.0}]
+    h = History(rows=rows)
+    assert h.best()["epoch"] == 2 and h.best_epoch == 2  # earliest of the tied best
+    assert h.best("test_loss")["epoch"] == 2 and h.best("train_acc")["epoch"] == 3
+    md = h.to_markdown().splitlines()
+    assert md[0].startswith("| epoch | train_loss | train_acc (%)") and len(md) == 5
+    assert "| 2 | 0.500 | 80.00 | 0.700 | 70.00 | 0.1 | 1.0 |" in md
+    with pytest.raises(KeyError, match="columns"):
+        h.column("acc")
+
+
+def test_progress_bar_writes_to_stdout_only(capsys):
+    fit(tiny(), blobs(n=16), epochs=1, lr=0.1, device="cpu", progress=True, desc="tiny")
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert "tiny" in out
+
+
+def test_bad_arguments_get_one_clear_line():
+    with pytest.raises(ValueError, match="not both"):
+        fit(tiny(), blobs(n=16), epochs=1, lr=0.1, optimizer=make_sgd(tiny(), 0.1), device="cpu")
+    with pytest.raises(ValueError, match="epochs"):
+        fit(tiny(), blobs(n=16), epochs=0, lr=0.1, device="cpu")
+    with pytest.raises(ValueError, match="no test_loader"):
+        fit(tiny(), blobs(n=16), epochs=1, lr=0.1, early_stopping=object(), device="cpu")
+    with pytest.raises(ValueError, match="amp=True needs a CUDA"):
+        fit(tiny(), blobs(n=16), epochs=1, lr=0.1, device="cpu", amp=True)
+    with pytest.raises(ValueError, match="lr must be"):
+        make_sgd(tiny(), 0)
+
+
+def test_make_sgd_defaults():
+    opt = make_sgd(tiny(), 0.05)
+    g = opt.param_groups[0]
+    assert (g["lr"], g["momentum"], g["weight_decay"], g["nesterov"]) == (0.05, 0.9, 5e-4, False)
+
+
+def test_checkpoint_round_trip_is_atomic(tmp_path):
+    model = vgg(11, width=0.125)
+    rows = [{"epoch": 1, "train_loss": 0.7, "test_acc": None, "lr": 0.1}]  # History.rows
+    path = save_checkpoint(tmp_path / "sub" / "ck.pt", model, cfg=model.cfg, acc=0.5, history=rows)
+    assert path.is_file()
+    assert sorted(p.name for p in path.parent.iterdir()) == ["ck.pt"]  # no temp file left
+    fresh = vgg(cfg=model.cfg)
+    ck = load_checkpoint(path, fresh)
+    assert ck["cfg"] == model.cfg and ck["acc"] == 0.5 and ck["history"] == rows
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                  fresh.state_dict().values()))
+    with pytest.raises(ValueError, match="does not fit this model"):
+        load_checkpoint(path, vgg(13, width=0.125))
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_failed_save_leaves_old_file_and_no_temp(tmp_path):
+    path = save_checkpoint(tmp_path / "ck.pt", {"w": torch.ones(2)})
+    with pytest.raises(Exception):
+        save_checkpoint(path, {"w": torch.zeros(2)}, bad=lambda: None)  # lambdas don't pickle
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt"]
+    assert torch.equal(load_checkpoint(path)["state_dict"]["w"], torch.ones(2))
+
+
+def test_fit_with_labkit_loader_vgg11():
+    """The real pipeline: labkit.data.Loader (augmenting, reshuffling) into a VGG-11."""
+    data = pytest.importorskip("labkit.data")
+    if not hasattr(data, "Loader"):
+        pytest.skip("labkit.data.Loader not written yet")
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8, generator=g)
+    labels = torch.arange(40) % 4
+    images[:, 0] = (labels * 60).view(-1, 1, 1).to(torch.uint8)  # a learnable class signal
+    ds = data.ImageData(images, labels, ["a", "b", "c", "d"], "digits")
+
+    def run():
+        torch.manual_seed(0)
+        model = vgg(11, width=0.125, num_classes=4)
+        train = data.Loader(ds, 16, train=True, device="cpu", seed=0)
+        test = data.Loader(ds, 16, train=False, device="cpu")
+        hist = fit(model, train, test, epochs=2, lr=0.05, device="cpu", progress=False)
+        return hist.column("train_loss"), hist.column("test_acc")
+
+    first = run()
+    assert len(first[0]) == 2 and all(0 <= a <= 1 for a in first[1])
+    assert run() == first  # seeded loader + seeded init: identical runs
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_bf16_channels_last_path():
+    data = [(x.cuda(), y.cuda()) for x, y in blobs(size=32)]
+    torch.manual_seed(0)
+    model = vgg(11, width=0.125, num_classes=2)
+    hist = fit(model, data, data, epochs=4, lr=0.05, device="cuda", progress=False)
+    assert next(model.parameters()).is_cuda
+    assert model.feature[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert hist.column("train_loss")[-1] < hist.column("train_loss")[0]
+    logits, labels = predict(model, data)
+    assert logits.dtype == torch.float32 and logits.device.type == "cpu"
+    # fp32 evaluation agrees with the bf16 one up to a few flipped borderline images
+    assert abs(evaluate(model, data, amp=False)["acc"] - hist.last["test_acc"]) <= 0.1
