@@ -1,0 +1,162 @@
+"""The benchmarks run end to end at smoke size and report numbers consistent with what they measured.
+
+No assertion here is about speed (the machine is shared; timings are noise at smoke size): the
+tests check that every row is present, well formed, and that each ratio is the quotient of the
+two measured numbers printed beside it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # `bench` is a folder of the repository, not an installed package
+
+from bench import SECTIONS, command, ratio, write_json  # noqa: E402
+from bench.pruning import synthetic_sparse_gammas  # noqa: E402
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(PYTHONPATH=str(REPO), LABKIT_ARTIFACTS=str(tmp_path / "artifacts"),
+               LABKIT_PROFILE="smoke", MPLBACKEND="Agg", PYTHONWARNINGS="ignore")
+    env.pop("LABKIT_DATASET", None)
+    return env
+
+
+def _close(a: float, b: float, rel: float = 2e-3, abs_: float = 2e-3) -> bool:
+    """Equal up to the rounding the rows apply (4 significant decimals, ms to 3 decimals)."""
+    return math.isclose(a, b, rel_tol=rel, abs_tol=abs_)
+
+
+@pytest.fixture(scope="module")
+def smoke_results(tmp_path_factory) -> tuple[dict, str]:
+    out = tmp_path_factory.mktemp("bench")
+    proc = subprocess.run([sys.executable, "-m", "bench", "--smoke", "--out", str(out)], cwd=REPO,
+                          env=_env(out), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"python -m bench --smoke failed:\n{proc.stderr[-3000:]}"
+    result = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    return result, (out / "results.md").read_text(encoding="utf-8")
+
+
+def test_smoke_bench_has_every_section_and_row_metadata(smoke_results):
+    result, _ = smoke_results
+    assert result["smoke"] is True and result["command"].startswith("python -m bench --smoke --out ")
+    assert list(result["sections"]) == list(SECTIONS)
+    for key in ("cpu", "cores", "torch", "device"):
+        assert result["machine"][key], key
+    for name, sec in result["sections"].items():
+        assert sec["status"] in ("ok", "skipped"), (name, sec)
+        assert sec["rows"], f"section {name} has no rows"
+        for row in sec["rows"]:
+            assert row["section"] == name
+            assert row["command"].startswith(f"python -m bench --smoke --only {name}")
+            assert row["wall_s"] >= 0 and row["machine"]["torch"] == torch.__version__
+
+
+def test_throughput_ratio_is_computed_from_the_measured_rates(smoke_results):
+    (row,) = smoke_results[0]["sections"]["throughput"]["rows"]
+    base, kit = row["baseline_images_per_s"], row["candidate_images_per_s"]
+    assert base > 0 and kit > 0 and row["images_per_epoch"] > 0
+    assert base == max(row["baseline_runs"]) and kit == max(row["candidate_runs"])
+    assert _close(row["ratio"], kit / base)
+    assert row["goal_met"] == (row["ratio"] >= float(row["goal"].split()[1].rstrip("x")))
+    assert "DataLoader(ImageFolder" in row["baseline"] and "labkit Loader" in row["candidate"]
+
+
+def test_structured_rows_prune_and_keep_the_function(smoke_results):
+    rows = smoke_results[0]["sections"]["structured"]["rows"]
+    assert [r["percent"] for r in rows] == [0.5, 0.7]
+    for r in rows:
+        assert r["transfer_max_abs_diff"] < 1e-4  # pruned net == masked net (lab 4's contract)
+        assert r["params_pruned"] < r["params_unpruned"] and r["flops_pruned"] < r["flops_unpruned"]
+        assert _close(r["params_ratio"], r["params_pruned"] / r["params_unpruned"], abs_=1e-4)
+        assert _close(r["flops_ratio"], r["flops_pruned"] / r["flops_unpruned"], abs_=1e-4)
+        for b in (1, 64):
+            a, p = r[f"latency_b{b}_unpruned_ms"], r[f"latency_b{b}_pruned_ms"]
+            assert a > 0 and p > 0
+            assert _close(r[f"latency_b{b}_ratio"], p / a, rel=5e-3)
+            assert r[f"latency_b{b}_goal_met"] == (r[f"latency_b{b}_ratio"] <= 1.3 * r["flops_ratio"])
+        assert r["goal_met"] == (r["latency_b1_goal_met"] and r["latency_b64_goal_met"])
+        assert "synthetic" in r["gamma_source"]  # no lab 3 artifact in the temporary artifacts folder
+    assert rows[1]["flops_pruned"] < rows[0]["flops_pruned"]
+
+
+def test_unstructured_rows_zero_weights_but_keep_flops(smoke_results):
+    rows = smoke_results[0]["sections"]["unstructured"]["rows"]
+    assert [r["amount"] for r in rows] == [0.5, 0.9]
+    for r in rows:
+        assert abs(r["sparsity"] - r["amount"]) < 0.01
+        assert abs(r["nonzero_ratio"] - (1 - r["amount"])) < 0.01
+        assert r["params_pruned"] == r["params_dense"] and r["flops_ratio"] == 1.0
+        for b in (1, 64):
+            assert _close(r[f"latency_b{b}_ratio"], r[f"latency_b{b}_pruned_ms"] / r[f"latency_b{b}_dense_ms"],
+                          rel=5e-3)
+
+
+def test_grading_is_skipped_under_smoke_and_markdown_lists_every_row(smoke_results):
+    result, md = smoke_results
+    (g,) = result["sections"]["grading"]["rows"]
+    assert g["status"] == "skipped" and "smoke" in g["note"]
+    for name in SECTIONS:
+        assert f"## {name}" in md
+    for sec in result["sections"].values():
+        for row in sec["rows"]:
+            assert row["command"] in md
+    assert result["machine"]["cpu"] in md
+
+
+def test_pipeline_smoke_runs_end_to_end(tmp_path):
+    out = tmp_path / "pipeline.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.pipeline", "--profile", "smoke", "--out", str(out)],
+                          cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text(encoding="utf-8"))
+    assert r["profile"] == "smoke" and r["command"].startswith("python -m bench.pipeline --profile smoke")
+    assert 0.0 <= r["unpruned"]["acc"] <= 1.0
+    (p,) = r["pruned"]
+    assert p["percent"] == 0.5 and 0.0 <= p["acc"] <= 1.0 and 0.0 <= p["acc_before_finetune"] <= 1.0
+    assert p["params"] < r["unpruned"]["params"] and p["flops"] < r["unpruned"]["flops"]
+    assert _close(p["params_ratio"], p["params"] / r["unpruned"]["params"], abs_=1e-4)
+    for phase in ("train_sparse", "eval_unpruned", "prune_50", "finetune_50", "eval_pruned_50"):
+        assert r["phases_s"][phase] >= 0
+    assert r["total_s"] >= sum(v for k, v in r["phases_s"].items() if k != "load_solutions") - 0.1
+
+
+def test_pipeline_rejects_bad_arguments_with_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "bench.pipeline", "--profile", "smoke", "--limit", "0"],
+                          cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--limit must be a positive integer" in proc.stderr
+
+
+# --------------------------------------------------------------------------- helpers, in-process
+def test_synthetic_gammas_are_sparse_heavy_tailed_and_seeded():
+    from labkit.models import vgg
+
+    a, b = vgg(19, width=0.25), vgg(19, width=0.25)
+    synthetic_sparse_gammas(a, seed=3)
+    synthetic_sparse_gammas(b, seed=3)
+    ga = torch.cat([m.weight.detach() for m in a.modules() if isinstance(m, torch.nn.BatchNorm2d)])
+    gb = torch.cat([m.weight.detach() for m in b.modules() if isinstance(m, torch.nn.BatchNorm2d)])
+    assert torch.equal(ga, gb)
+    near_zero = (ga.abs() < 0.05).float().mean().item()
+    assert 0.3 < near_zero < 0.8            # a large collapsed group ...
+    survivors = ga[ga.abs() >= 0.05]
+    assert survivors.max().item() > 3 * survivors.median().item()  # ... and a long right tail
+
+
+def test_ratio_command_and_atomic_json(tmp_path):
+    assert ratio(3.0, 2.0) == 1.5 and ratio(1.0, 0.0) is None
+    assert command("structured", True) == "python -m bench --smoke --only structured"
+    path = write_json(tmp_path / "x.json", {"a": 1})
+    assert json.loads(path.read_text()) == {"a": 1} and not list(tmp_path.glob(".x.json.*"))
+    with pytest.raises(ValueError):
+        write_json(tmp_path / "y.json", {"a": float("nan")})
+    assert not (tmp_path / "y.json").exists() and not list(tmp_path.glob(".y.json.*"))
