@@ -25,8 +25,9 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+PROFILE ?= smoke
 demo: $(STAMP)
-	python -m autograder demo
+	python -m autograder demo --profile $(PROFILE)
 
 # Unit and end-to-end tests, then nbval runs every source notebook top to bottom under `smoke`
 # (in lab order, sharing one temporary artifacts folder so lab 4 finds lab 3's model).

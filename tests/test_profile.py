@@ -19,7 +19,7 @@ def env(**kw: str) -> dict[str, str]:
 def test_defaults():
     p = resolve(env())
     assert (p.name, p.dataset, p.seed, p.forced_by_nbgrader) == ("fast", "digits", 0, False)
-    assert p.sizes == SIZES["fast"]
+    assert p.sizes.epochs == SIZES["fast"].epochs and p.sizes.batch_size == 64  # digits: small batches
     assert p.device == profile.default_device()
     assert p.artifacts == (Path.cwd() / "artifacts").resolve()
 
@@ -82,3 +82,13 @@ def test_seed_everything_repeats_all_generators():
 
 def test_profile_error_is_a_value_error():
     assert issubclass(ProfileError, ValueError)
+
+
+def test_small_embedded_dataset_gets_small_batches(tmp_path):
+    from labkit.profile import SIZES, resolve
+
+    env = {"LABKIT_PROFILE": "fast", "LABKIT_DATASET": "digits", "LABKIT_DATA_ROOT": str(tmp_path)}
+    prof = resolve(env)
+    assert prof.sizes.batch_size == 64 < SIZES["fast"].batch_size
+    assert prof.sizes.epochs == SIZES["fast"].epochs  # only the batch size and its lr change
+    assert resolve({"LABKIT_PROFILE": "smoke"}).sizes == SIZES["smoke"]

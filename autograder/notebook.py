@@ -1,0 +1,221 @@
+"""Reading nbgrader source notebooks: labs, graded cells, solutions, and leak checks.
+
+Instructor code that needs a graded function (release checkpoints, test fixtures,
+benchmarks) takes it from the source notebook's solution cell with :func:`load_solution`,
+so the reference solution exists exactly once.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOKS = REPO / "notebooks"
+
+LAB_IDS = (
+    "lab1_early_stopping_transfer",
+    "lab2_knowledge_distillation",
+    "lab3_sparsity_training",
+    "lab4_vgg_prune",
+    "lab5_finetune_pruned",
+    "lab6_efficient_convs",
+)
+
+BEGIN_SOLUTION = "### BEGIN SOLUTION"
+END_SOLUTION = "### END SOLUTION"
+BEGIN_HIDDEN = "### BEGIN HIDDEN TESTS"
+END_HIDDEN = "### END HIDDEN TESTS"
+HIDDEN_REPLACEMENT = "# (hidden tests are not shown in feedback)"
+# Marker lines that must never reach students (the release bundle) or feedback.
+LEAK_MARKERS = (BEGIN_SOLUTION, END_SOLUTION, BEGIN_HIDDEN, END_HIDDEN)
+
+
+def source_path(lab: str, notebooks: Path = NOTEBOOKS) -> Path:
+    """``notebooks/<lab>/<lab>.ipynb``."""
+    return notebooks / lab / f"{lab}.ipynb"
+
+
+def available_labs(notebooks: Path = NOTEBOOKS) -> list[str]:
+    """Lab ids whose source notebook exists, in course order (unknown extra labs last, sorted)."""
+    found = sorted(p.name for p in notebooks.iterdir() if (p / f"{p.name}.ipynb").is_file()) \
+        if notebooks.is_dir() else []
+    return [lab for lab in LAB_IDS if lab in found] + [lab for lab in found if lab not in LAB_IDS]
+
+
+def read_nb(path: Path) -> dict:
+    """The notebook as plain JSON (no nbformat validation: submissions may be broken)."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def write_json_atomic(path: Path, data: Any) -> Path:
+    """Write JSON to ``path`` through a temp file + rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=1, ensure_ascii=False)
+        fh.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600
+    os.replace(tmp, path)
+    return path
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return path
+
+
+def cell_source(cell: dict) -> str:
+    src = cell.get("source", "")
+    return "".join(src) if isinstance(src, list) else str(src)
+
+
+def nbgrader_meta(cell: dict) -> dict:
+    return cell.get("metadata", {}).get("nbgrader", {}) or {}
+
+
+def grade_id(cell: dict) -> str | None:
+    return nbgrader_meta(cell).get("grade_id")
+
+
+def find_cell(nb: dict, gid: str) -> dict:
+    """The cell whose ``grade_id`` is ``gid``; ``KeyError`` naming the ids that exist."""
+    for cell in nb["cells"]:
+        if grade_id(cell) == gid:
+            return cell
+    ids = [grade_id(c) for c in nb["cells"] if grade_id(c)]
+    raise KeyError(f"no cell with grade_id {gid!r}; the notebook has {ids}")
+
+
+def graded_names(nb: dict) -> list[str]:
+    """Names of solution code cells (the graded API): ``solution: true``, code, not a question."""
+    names = []
+    for cell in nb["cells"]:
+        meta = nbgrader_meta(cell)
+        if cell.get("cell_type") == "code" and meta.get("solution") and not meta.get("grade"):
+            gid = meta.get("grade_id")
+            if gid and gid != "setup":
+                names.append(gid)
+    return names
+
+
+def test_cells(nb: dict, name: str | None = None) -> list[dict]:
+    """Autograded test cells (``grade: true`` code cells), those of ``name`` when given."""
+    out = []
+    for cell in nb["cells"]:
+        meta = nbgrader_meta(cell)
+        if cell.get("cell_type") == "code" and meta.get("grade") and not meta.get("solution"):
+            gid = meta.get("grade_id", "")
+            if name is None or gid.startswith(f"test_{name}"):
+                out.append(cell)
+    return out
+
+
+def points(cell: dict) -> float:
+    return float(nbgrader_meta(cell).get("points", 0) or 0)
+
+
+def strip_region(text: str, begin: str, end: str, replacement: str | None) -> str:
+    """Remove every ``begin``..``end`` region (marker lines included); ``replacement`` goes in its place."""
+    out, inside = [], False
+    for line in text.splitlines(keepends=True):
+        if begin in line:
+            inside = True
+            if replacement is not None:
+                indent = line[: len(line) - len(line.lstrip())]
+                out.append(f"{indent}{replacement}\n")
+            continue
+        if inside:
+            if end in line:
+                inside = False
+            continue
+        out.append(line)
+    return "".join(out)
+
+
+def solution_code(text: str) -> str:
+    """A solution cell's source with the region markers removed (the reference implementation)."""
+    return "".join(line for line in text.splitlines(keepends=True)
+                   if BEGIN_SOLUTION not in line and END_SOLUTION not in line)
+
+
+def load_solution(lab: str, name: str, notebooks: Path = NOTEBOOKS,
+                  namespace: dict | None = None) -> Any:
+    """The reference implementation of graded ``name`` of ``lab``, from the source notebook.
+
+    Runs the notebook's ``setup`` cell source (imports) and the solution cell in a fresh
+    namespace, then returns ``namespace[name]``.
+    """
+    nb = read_nb(source_path(lab, notebooks))
+    ns: dict = {"__name__": f"solution_{lab}"} if namespace is None else namespace
+    setup = next((c for c in nb["cells"] if grade_id(c) == "setup"), None)
+    if setup is not None:
+        # The setup cell calls setup_notebook(), which prints the profile: harmless here.
+        exec(compile(cell_source(setup), f"<{lab}:setup>", "exec"), ns)  # noqa: S102 - instructor code
+    code = solution_code(cell_source(find_cell(nb, name)))
+    exec(compile(code, f"<{lab}:{name}>", "exec"), ns)  # noqa: S102 - instructor code
+    if name not in ns:
+        raise KeyError(f"{lab}: the solution cell {name!r} does not define {name!r}")
+    return ns[name]
+
+
+def region_lines(nb: dict, begin: str, end: str) -> list[str]:
+    """Every non-blank line (stripped) between the markers ``begin`` and ``end`` in ``nb``."""
+    lines = []
+    for cell in nb["cells"]:
+        inside = False
+        for line in cell_source(cell).splitlines():
+            if begin in line:
+                inside = True
+            elif end in line:
+                inside = False
+            elif inside and line.strip():
+                lines.append(line.strip())
+    return lines
+
+
+def hidden_test_lines(nb: dict) -> list[str]:
+    """Every non-blank line inside a hidden-test region of ``nb`` (stripped), for leak checks."""
+    return region_lines(nb, BEGIN_HIDDEN, END_HIDDEN)
+
+
+def hidden_only_lines(nb: dict) -> list[str]:
+    """Hidden-test lines that occur nowhere else in ``nb`` (not in visible tests, solutions, prose).
+
+    A line such as ``for m in model.modules():`` in a hidden test may also be in the reference
+    solution, and so legitimately in a student's own cells; it cannot tell a leak apart.
+    """
+    elsewhere = {ln.strip() for c in nb["cells"]
+                 for ln in strip_region(cell_source(c), BEGIN_HIDDEN, END_HIDDEN, None).splitlines()}
+    return [ln for ln in hidden_test_lines(nb) if ln not in elsewhere]
+
+
+def solution_lines(nb: dict) -> list[str]:
+    """Every non-blank line inside a solution region of ``nb`` (stripped)."""
+    return region_lines(nb, BEGIN_SOLUTION, END_SOLUTION)
+
+
+def find_leaks(text: str, secret_lines: list[str] = (), min_len: int = 12) -> list[str]:
+    """Markers and secret lines (of at least ``min_len`` characters) that occur in ``text``.
+
+    Short lines such as ``pass`` or ``return x`` are skipped: they also occur in honest text.
+    Text is also checked with HTML-escaping undone, because feedback is HTML.
+    """
+    import html
+
+    plain = html.unescape(re.sub(r"<[^>]+>", "", text))
+    found = [m for m in LEAK_MARKERS if m in text or m in plain]
+    for line in secret_lines:
+        if len(line) >= min_len and (line in text or line in plain):
+            found.append(line)
+    return found

@@ -1,0 +1,289 @@
+"""Release: course folder from ``notebooks/``, smoke checkpoints, student versions, student bundle.
+
+Course folder (``--course-dir``, default ``build/course``)::
+
+    source/<lab>/<lab>.ipynb (+ checkpoints/ for labs 4 and 5)   the instructor's copy
+    release/<lab>/...                                           nbgrader's student version
+    gradebook.db                                                assignments and their cells
+
+nbgrader's ``generate_assignment`` copies every non-notebook file of ``source/<lab>/`` to
+``release/<lab>/`` and ``autograde`` copies them again into each autograded folder, so the
+smoke checkpoints that labs 4 and 5 load must be in ``source/<lab>/checkpoints/`` *before*
+``generate_assignment`` runs.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import zipfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from autograder import notebook as nbu
+
+REPO = nbu.REPO
+# checkpoint prerequisites: lab -> [(lab that produces it, file glob)]
+CHECKPOINTS = {
+    "lab4_vgg_prune": [("lab3_sparsity_training", "lab3-vgg_sparse-smoke-digits.pt")],
+    "lab5_finetune_pruned": [("lab4_vgg_prune", "lab4-*-smoke-digits.pt")],
+}
+PRODUCERS = ("lab3_sparsity_training", "lab4_vgg_prune")
+BUNDLE_FILES = ("pyproject.toml", "environment.yml")
+BUNDLE_PACKAGES = ("labkit", "data_scripts")
+
+
+class ReleaseError(RuntimeError):
+    """The release cannot be built; the message says why and what to do."""
+
+
+@contextmanager
+def _env(**values: str):
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@dataclass
+class RunResult:
+    """Outcome of executing one notebook: ``seconds`` of wall time, ``error`` None when it passed."""
+
+    lab: str
+    seconds: float
+    error: str | None
+
+
+def run_notebook(path: Path, artifacts: Path, timeout: int = 600, profile: str = "smoke",
+                 workdir: Path | None = None) -> RunResult:
+    """Execute notebook ``path`` with nbclient under ``profile`` (cwd: a temp copy of its folder)."""
+    import nbclient
+    import nbformat
+
+    lab = Path(path).stem
+    nb = nbformat.read(str(path), as_version=4)
+    with tempfile.TemporaryDirectory(prefix=f"run-{lab}-") as tmp:
+        cwd = Path(workdir or tmp)
+        shutil.copytree(Path(path).parent, cwd, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("*.ipynb", ".ipynb_checkpoints", "artifacts"))
+        t0 = time.perf_counter()
+        try:
+            with _env(LABKIT_PROFILE=profile, LABKIT_ARTIFACTS=str(artifacts), MPLBACKEND="Agg",
+                      PYTHONWARNINGS="ignore"):
+                nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                                        resources={"metadata": {"path": str(cwd)}}).execute()
+            error = None
+        except Exception as exc:  # noqa: BLE001 - reported per lab
+            error = f"{type(exc).__name__}: {nbu_last_line(str(exc))}"
+        return RunResult(lab, time.perf_counter() - t0, error)
+
+
+def nbu_last_line(text: str) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    for ln in reversed(lines):  # nbclient puts the exception line near the end
+        if "Error" in ln:
+            return ln.strip()[:200]
+    return (lines[-1] if lines else "").strip()[:200]
+
+
+def build_checkpoints(course: Path, labs: list[str], notebooks: Path = nbu.NOTEBOOKS,
+                      log=print) -> dict[str, list[Path]]:
+    """Run lab3 then lab4 under smoke and copy their checkpoints into ``source/<lab>/checkpoints/``.
+
+    Skipped when the copies exist and are newer than the producing notebooks.
+    """
+    needed = [lab for lab in labs if lab in CHECKPOINTS]
+    shipped: dict[str, list[Path]] = {}
+    if not needed:
+        return shipped
+    newest = max(nbu.source_path(p, notebooks).stat().st_mtime for p in PRODUCERS
+                 if nbu.source_path(p, notebooks).is_file()) if any(
+        nbu.source_path(p, notebooks).is_file() for p in PRODUCERS) else 0.0
+
+    def present(lab: str) -> list[Path]:
+        files = []
+        for _, pattern in CHECKPOINTS[lab]:
+            files += sorted((course / "source" / lab / "checkpoints").glob(pattern))
+        return files
+
+    if all(present(lab) and min(f.stat().st_mtime for f in present(lab)) >= newest for lab in needed):
+        return {lab: present(lab) for lab in needed}
+    for producer in PRODUCERS:
+        if not nbu.source_path(producer, notebooks).is_file():
+            raise ReleaseError(f"{', '.join(needed)} need checkpoints from {producer}, whose notebook "
+                               f"{nbu.source_path(producer, notebooks)} is missing")
+    with tempfile.TemporaryDirectory(prefix="release-artifacts-") as tmp:
+        arts = Path(tmp)
+        for producer in PRODUCERS:
+            log(f"release: running {producer} (smoke) to build checkpoints")
+            res = run_notebook(nbu.source_path(producer, notebooks), arts)
+            if res.error:
+                raise ReleaseError(f"{producer} failed under smoke while building checkpoints: {res.error}")
+        for lab in needed:
+            dest = course / "source" / lab / "checkpoints"
+            dest.mkdir(parents=True, exist_ok=True)
+            files = []
+            for producer, pattern in CHECKPOINTS[lab]:
+                found = sorted(arts.glob(pattern))
+                if not found:
+                    raise ReleaseError(f"{producer} ran but wrote no {pattern} into LABKIT_ARTIFACTS")
+                for f in found:
+                    shutil.copyfile(f, dest / (f.name + ".tmp"))
+                    os.replace(dest / (f.name + ".tmp"), dest / f.name)
+                    files.append(dest / f.name)
+            shipped[lab] = files
+    return shipped
+
+
+def build_course(course: Path, labs: list[str] | None = None, notebooks: Path = nbu.NOTEBOOKS,
+                 db_url: str | None = None, checkpoints: bool = True, log=print) -> Path:
+    """Copy source notebooks into ``course/source``, build checkpoints, run ``generate_assignment``."""
+    from nbgrader.apps import NbGraderAPI
+    from nbgrader.coursedir import CourseDirectory
+
+    from autograder.config import make_config
+
+    course = Path(course).resolve()
+    labs = labs or nbu.available_labs(notebooks)
+    if not labs:
+        raise ReleaseError(f"no source notebooks found under {notebooks} (expected <lab>/<lab>.ipynb)")
+    for lab in labs:
+        src = nbu.source_path(lab, notebooks)
+        if not src.is_file():
+            raise ReleaseError(f"{src} does not exist; lab ids: {', '.join(nbu.available_labs(notebooks))}")
+        dest = course / "source" / lab
+        dest.mkdir(parents=True, exist_ok=True)
+        for item in src.parent.iterdir():  # the notebook and any data files beside it
+            if item.name in ("artifacts", ".ipynb_checkpoints", "checkpoints", "__pycache__"):
+                continue
+            if item.is_dir():
+                shutil.copytree(item, dest / item.name, dirs_exist_ok=True)
+            else:
+                shutil.copyfile(item, dest / item.name)
+    if checkpoints:
+        build_checkpoints(course, labs, notebooks, log=log)
+    config = make_config(course, db_url=db_url)
+    api = NbGraderAPI(coursedir=CourseDirectory(config=config), config=config)
+    import logging
+
+    api.log.setLevel(logging.ERROR)
+    for lab in labs:
+        res = api.generate_assignment(lab, force=True, create=True)
+        if not res.get("success"):
+            raise ReleaseError(f"nbgrader generate_assignment {lab} failed: "
+                               f"{nbu_last_line(res.get('error') or res.get('log') or '')}")
+        log(f"release: generated the student version of {lab}")
+    return course
+
+
+STUDENT_README = """# Efficient deep learning labs: student bundle
+
+## Install (Python 3.11)
+
+    python3.11 -m venv .venv
+    source .venv/bin/activate            # Windows: .venv\\Scripts\\activate
+    pip install -e .
+
+or with conda: `conda env create -f environment.yml && conda activate efficient-dl-labkit && pip install -e .`
+
+## Work on a lab
+
+    jupyter lab
+
+Open `<lab>/<lab>.ipynb`, run the first cell (it prints the profile it uses), fill in every
+`# YOUR CODE HERE` and answer the written questions where it says `YOUR ANSWER HERE`.
+Each function you write has a test cell right after it: run it to check your work.
+
+## Profiles (how big a run is)
+
+Set `LABKIT_PROFILE` before starting JupyterLab:
+
+* `smoke`: seconds per notebook on the small embedded dataset (what the grader uses);
+* `fast` (default): minutes per notebook on a laptop CPU;
+* `full`: the paper-sized runs, for a GPU.
+
+Example: `LABKIT_PROFILE=smoke jupyter lab`. Labs 4 and 5 continue from models built in
+labs 3 and 4; when you have not run those, they load the copies in `checkpoints/`.
+
+## Before you submit
+
+Restart the kernel and run all cells, then validate:
+
+    nbgrader validate lab1_early_stopping_transfer/lab1_early_stopping_transfer.ipynb
+
+(or the *Validate* button of JupyterLab's assignment view). Submit the `.ipynb` file
+with its original name, through the course page.
+"""
+
+
+def build_bundle(course: Path, out: Path, labs: list[str] | None = None, repo: Path = REPO) -> tuple[Path, Path]:
+    """Write the student bundle folder ``out/student-bundle`` and ``out/student-bundle.zip``.
+
+    Contents: the released notebooks (+ shipped checkpoints), ``labkit/``, ``data_scripts/``,
+    ``pyproject.toml``, ``environment.yml`` and a README. Raises ``ReleaseError`` when any
+    file of it holds a solution or hidden-test marker.
+    """
+    course, out = Path(course).resolve(), Path(out).resolve()
+    labs = labs or sorted(p.name for p in (course / "release").iterdir() if p.is_dir())
+    final = out / "student-bundle"
+    stage = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out if out.exists() else None))
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        for lab in labs:
+            shutil.copytree(course / "release" / lab, stage / lab,
+                            ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
+        for pkg in BUNDLE_PACKAGES:
+            if (repo / pkg).is_dir():
+                shutil.copytree(repo / pkg, stage / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        for name in BUNDLE_FILES:
+            if (repo / name).is_file():
+                shutil.copyfile(repo / name, stage / name)
+        (stage / "README.md").write_text(STUDENT_README, encoding="utf-8")
+        leaks = scan_for_leaks(stage)
+        if leaks:
+            raise ReleaseError(f"refusing to write a student bundle with solutions or hidden tests: {leaks[:3]}")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(stage, final)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    zpath = out / "student-bundle.zip"
+    tmpzip = out / ".student-bundle.zip.tmp"
+    with zipfile.ZipFile(tmpzip, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(final.rglob("*")):
+            if path.is_file():
+                info = zipfile.ZipInfo(str(Path("student-bundle") / path.relative_to(final)), (2020, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_DEFLATED
+                info.external_attr = 0o644 << 16
+                zf.writestr(info, path.read_bytes())
+    os.replace(tmpzip, zpath)
+    return final, zpath
+
+
+def scan_for_leaks(folder: Path) -> list[str]:
+    """``path: marker`` for every text file under ``folder`` holding a solution / hidden-test marker."""
+    found = []
+    for path in sorted(Path(folder).rglob("*")):
+        if path.is_file() and path.suffix in (".ipynb", ".py", ".md", ".txt", ".html", ".json", ".toml", ".yml"):
+            text = path.read_text(encoding="utf-8", errors="replace")
+            for marker in nbu.LEAK_MARKERS:
+                if marker in text:
+                    found.append(f"{path.relative_to(folder)}: {marker}")
+    return found
+
+
+def release(out: Path, course: Path, labs: list[str] | None = None, notebooks: Path = nbu.NOTEBOOKS,
+            db_url: str | None = None, log=print) -> dict:
+    """The whole release: course folder, checkpoints, student versions, student bundle (+ zip)."""
+    build_course(course, labs, notebooks, db_url=db_url, log=log)
+    bundle, zpath = build_bundle(course, out, labs)
+    log(f"release: student bundle {bundle} ({zpath.name})")
+    return {"course": Path(course).resolve(), "bundle": bundle, "zip": zpath}

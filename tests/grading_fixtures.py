@@ -1,0 +1,315 @@
+"""Submissions for grading tests: a tiny self-made assignment and a class of hostile notebooks.
+
+Everything is built by editing notebook JSON: the reference (source notebook with the
+solution regions kept, markers removed), the blank student version (nbgrader's release) and
+mutants of them. Each builder returns the expected outcome next to the notebook, so the tests
+assert exact per-cell scores without hard-coding anything a run measures.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+import json
+from pathlib import Path
+from typing import Callable
+
+from autograder import notebook as nbu
+
+TINY_LAB = "tiny_lab"
+
+
+def _meta(**kw) -> dict:
+    base = {"schema_version": 3, "locked": False, "solution": False, "grade": False}
+    base.update(kw)
+    return {"nbgrader": base}
+
+
+def _cell(kind: str, source: str, **meta) -> dict:
+    cell = {"cell_type": kind, "metadata": _meta(**meta) if meta else {}, "source": source}
+    if kind == "code":
+        cell.update(execution_count=None, outputs=[])
+    return cell
+
+
+def tiny_notebook() -> dict:
+    """An nbgrader source notebook: setup, two graded functions with tests, one written question.
+
+    No torch import, so a kernel runs it in about a second.
+    """
+    cells = [
+        _cell("markdown", "# Tiny lab\nA self-made assignment for testing the grader."),
+        _cell("code", "import math\nimport sys\nSCALE = 1\nprint('setup done')",
+              grade_id="setup", locked=True),
+        _cell("markdown", "Write `add(a, b)`."),
+        _cell("code", "def add(a, b):\n    # ─── YOUR CODE ───\n    ### BEGIN SOLUTION\n"
+                      "    return (a + b) * SCALE\n    ### END SOLUTION", grade_id="add", solution=True),
+        _cell("code", "assert add(1, 2) == 3\n### BEGIN HIDDEN TESTS\nassert add(-40, 2) == -38, 'hidden add'\n"
+                      "### END HIDDEN TESTS\nprint('add ok')",
+              grade_id="test_add", grade=True, locked=True, points=1),
+        _cell("markdown", "Write `mean(xs)`."),
+        _cell("code", "def mean(xs):\n    # ─── YOUR CODE ───\n    ### BEGIN SOLUTION\n"
+                      "    return math.fsum(xs) / len(xs)\n    ### END SOLUTION", grade_id="mean", solution=True),
+        _cell("code", "assert mean([1, 2, 3]) == 2\n### BEGIN HIDDEN TESTS\nassert mean([0.5, 0.25]) == 0.375\n"
+                      "### END HIDDEN TESTS\nprint('mean ok')",
+              grade_id="test_mean", grade=True, locked=True, points=2),
+        _cell("markdown", "Why is the mean useful?\n\n### BEGIN SOLUTION\nIt summarises a sample.\n"
+                          "### END SOLUTION", grade_id="q_why", solution=True, grade=True, points=1),
+    ]
+    return {"cells": cells, "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python",
+                                                        "name": "python3"},
+                                         "language_info": {"name": "python"}},
+            "nbformat": 4, "nbformat_minor": 5}
+
+
+def write_tiny_source(notebooks: Path) -> Path:
+    """Write ``notebooks/tiny_lab/tiny_lab.ipynb`` and return the notebooks folder."""
+    nbu.write_json_atomic(notebooks / TINY_LAB / f"{TINY_LAB}.ipynb", tiny_notebook())
+    return notebooks
+
+
+# ----------------------------------------------------------------------------- variants
+
+def reference(source: dict) -> dict:
+    """The source notebook with solution markers removed and hidden tests kept (a perfect submission)."""
+    nb = copy.deepcopy(source)
+    for cell in nb["cells"]:
+        src = nbu.cell_source(cell)
+        if nbu.BEGIN_SOLUTION in src:
+            cell["source"] = nbu.solution_code(src)
+    return nb
+
+
+def replace_solution(nb: dict, name: str, code: str) -> dict:
+    """A copy of ``nb`` whose solution cell ``name`` holds ``code``."""
+    nb = copy.deepcopy(nb)
+    nbu.find_cell(nb, name)["source"] = code
+    return nb
+
+
+def set_source(nb: dict, gid: str, code: str) -> dict:
+    nb = copy.deepcopy(nb)
+    nbu.find_cell(nb, gid)["source"] = code
+    return nb
+
+
+def delete_cells(nb: dict, pred: Callable[[dict], bool]) -> dict:
+    nb = copy.deepcopy(nb)
+    nb["cells"] = [c for c in nb["cells"] if not pred(c)]
+    return nb
+
+
+def insert_after(nb: dict, gid: str, code: str) -> dict:
+    """A copy with a new plain code cell right after the cell ``gid``."""
+    nb = copy.deepcopy(nb)
+    idx = next(i for i, c in enumerate(nb["cells"]) if nbu.grade_id(c) == gid)
+    nb["cells"].insert(idx + 1, {"cell_type": "code", "metadata": {}, "source": code,
+                                 "execution_count": None, "outputs": []})
+    return nb
+
+
+def write_submission(root: Path, student: str, lab: str, nb: dict | str | None,
+                     filename: str | None = None, timestamp: str | None = None) -> Path:
+    """``root/<student>/<lab>/<filename>``; ``nb`` may be a dict, raw text, or None (empty folder)."""
+    folder = root / student / lab
+    folder.mkdir(parents=True, exist_ok=True)
+    if nb is not None:
+        path = folder / (filename or f"{lab}.ipynb")
+        path.write_text(nb if isinstance(nb, str) else json.dumps(nb, indent=1), encoding="utf-8")
+    if timestamp:
+        (folder / "timestamp.txt").write_text(timestamp + "\n")
+    return folder
+
+
+# ----------------------------------------------------------------------------- plausible mistakes
+
+# One realistic bug per graded name, written as an edit of the reference solution (each was seen
+# to fail its own test cell when the notebooks were written). A notebook change that removes the
+# text makes ``plausibly_wrong`` fail loudly instead of silently testing nothing.
+PLAUSIBLY_WRONG = {
+    # name: (what the mistake is, text in the reference solution, the wrong text)
+    "EarlyStopping": ("a tie counts as an improvement",
+                      "improved = value > self.best + self.min_delta", "improved = value >= self.best + self.min_delta"),
+    "topk_accuracy": ("checks only the k-th largest logit",
+                      "hit = (top == labels.to(top.device).view(-1, 1)).any(dim=1)", "hit = top[:, -1] == labels"),
+    "per_class_accuracy": ("divides by predictions (precision)",
+                           "total = torch.bincount(labels, minlength=num_classes).float()",
+                           "total = torch.bincount(preds, minlength=num_classes).float()"),
+    "replace_classifier": ("hard-codes ResNet-18's 512 features", "nn.Linear(old.in_features, num_classes,",
+                           "nn.Linear(512, num_classes,"),
+    "kd_loss": ("KL averaged over classes too", 'reduction="batchmean"', 'reduction="mean"'),
+    "linear_temperature": ("divides by num_epochs", "epoch / (num_epochs - 1)", "epoch / num_epochs"),
+    "add_bn_l1_subgradient": ("adds |γ| instead of sign(γ)",
+                              "m.weight.grad.add_(torch.sign(m.weight.detach()), alpha=s)",
+                              "m.weight.grad.add_(m.weight.detach().abs(), alpha=s)"),
+    "bn_sparsity": ("counts a tie at the threshold", "(g < threshold)", "(g <= threshold)"),
+    "global_bn_threshold": ("off by one", "[int(all_gammas.numel() * percent)]",
+                            "[int(all_gammas.numel() * percent) - 1]"),
+    "build_cfg_mask": ("keeps ties (>=)", "mask = (gamma > threshold).float()", "mask = (gamma >= threshold).float()"),
+    "transfer_pruned_weights": ("forgets running_var", '("weight", "bias", "running_mean", "running_var")',
+                                '("weight", "bias", "running_mean")'),
+    "save_pruned": ("saves the bare state dict", 'torch.save({"cfg": list(cfg), "state_dict": state}, f)',
+                    "torch.save(state, f)"),
+    "load_pruned": ("reads num_classes from the wrong dimension", 'num_classes = state["classifier.weight"].shape[0]',
+                    'num_classes = state["classifier.weight"].shape[1]'),
+    "lr_milestones": ("float milestones", "return sorted({int(num_epochs * f) for f in fractions})",
+                      "return sorted({num_epochs * f for f in fractions})"),
+    "conv_params": ("forgets the bias", "+ (out_ch if bias else 0)", ""),
+    "DepthwiseSeparableConv": ("a dense 3×3 conv (groups=1)", "groups=in_ch, bias=False)", "groups=1, bias=False)"),
+    "GroupConv": ("ignores groups", "groups=groups, bias=False)", "groups=1, bias=False)"),
+    "low_rank_linear": ("keeps the smallest singular values", "root = s[:rank].sqrt()", "root = s[-rank:].sqrt()"),
+    "global_magnitude_prune": ("prunes each layer separately",
+                               "prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=amount)",
+                               "[prune.l1_unstructured(m, n, amount=amount) for m, n in params]"),
+    "model_sparsity": ("averages per layer", "    return zeros / total",
+                       "    fr = [float((m.weight == 0).float().mean()) for m in model.modules()\n"
+                       "          if isinstance(m, (nn.Conv2d, nn.Linear))]\n    return sum(fr) / len(fr)"),
+}
+
+
+def plausibly_wrong(source: dict, name: str) -> dict:
+    """The reference submission with only ``name``'s solution carrying its plausible mistake."""
+    _, old, new = PLAUSIBLY_WRONG[name]
+    ref = reference(source)
+    code = nbu.cell_source(nbu.find_cell(ref, name))
+    if code.count(old) != 1:
+        raise ValueError(f"the reference solution of {name} no longer contains {old!r}: update PLAUSIBLY_WRONG")
+    return replace_solution(ref, name, code.replace(old, new))
+
+
+# ----------------------------------------------------------------------------- the class
+
+NET_PROBE = """import socket
+try:
+    socket.create_connection(("1.1.1.1", 53), timeout=3).close()
+    print("NETCHECK:", "connected")
+except OSError as exc:
+    print("NETCHECK:", "blocked", type(exc).__name__)"""
+
+LOOK_PROBE = """import glob, os
+_paths = {paths!r}
+# a hidden folder is an empty mount point: finding nothing means no file and no listing
+_found = [p for p in _paths if os.path.isfile(p) or (os.path.isdir(p) and os.listdir(p))]
+_markers = ("### BEGIN " + "HIDDEN TESTS", "### BEGIN " + "SOLUTION")
+_up = "../" * 7  # every folder above the kernel's working folder, up to the shared temp root
+_found += glob.glob(_up + "**/gradebook.db", recursive=True)[:5]
+for _nb in glob.glob(_up + "**/*.ipynb", recursive=True):
+    if os.path.dirname(os.path.abspath(_nb)) == os.getcwd():
+        continue  # this submission itself
+    try:
+        if any(m in open(_nb, errors="replace").read() for m in _markers):
+            _found.append(_nb)
+    except OSError:
+        pass
+_found += [p for p in glob.glob("../../*") if os.path.basename(p) != os.path.basename(os.path.dirname(os.getcwd()))]
+print("LEAKCHECK: found=" + repr(sorted(set(_found))))"""
+
+PATCH_COMPARATORS = """import numpy, torch, torch.testing
+torch.allclose = lambda *a, **k: True
+torch.equal = lambda *a, **k: True
+torch.testing.assert_close = lambda *a, **k: None
+numpy.allclose = lambda *a, **k: True
+print("comparators patched")"""
+
+
+@dataclass
+class Case:
+    """One submission of the class: what to write and which test cells it must score 0 on.
+
+    ``zero``: grade_ids expected at 0 (``"*"`` = every autograded cell); others get full points.
+    ``graded``: whether nbgrader ran it; ``problem``: a substring expected in the problems column.
+    """
+
+    nb: dict | str | None
+    zero: tuple[str, ...] = ()
+    graded: bool = True
+    problem: str = ""
+    filename: str | None = None
+    timestamp: str | None = None
+    lab: str | None = None  # folder to put it in (default: the lab it was built from)
+
+
+def first_code_index(nb: dict) -> int:
+    return next(i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code")
+
+
+def hostile_class(lab: str, source: dict, release: dict, hide_paths: list[str],
+                  other_lab_nb: dict | None = None, loop_name: str | None = None,
+                  patch_mutant: tuple[str, str] | None = None) -> dict[str, Case]:
+    """The hostile submissions 4-19 for ``lab`` (reference-based; see tests/test_autograder*.py).
+
+    ``loop_name``: graded name whose solution becomes an infinite loop (its test cell times out).
+    ``patch_mutant``: (name, wrong solution code) used with comparator patching (case 17).
+    """
+    ref = reference(source)
+    names = nbu.graded_names(source)
+    tests = [nbu.grade_id(c) for c in nbu.test_cells(source)]
+    loop_name = loop_name or names[0]
+    out: dict[str, Case] = {}
+    # 4 edited test cells: every test replaced by a pass-through
+    edited = copy.deepcopy(ref)
+    for cell in nbu.test_cells(edited):
+        cell["source"] = "print('all good, trust me')"
+    out["edited_tests"] = Case(edited)
+    # 5 deleted test cells
+    out["deleted_tests"] = Case(delete_cells(ref, lambda c: nbu.grade_id(c) in tests))
+    # 6 deleted solution cell of the first name
+    out["deleted_solution"] = Case(delete_cells(ref, lambda c: nbu.grade_id(c) == names[0]),
+                                   zero=tuple(t for t in tests if t.startswith(f"test_{names[0]}")))
+    # 7 infinite loop inside one graded function: its test cell times out
+    out["infinite_loop"] = Case(insert_after(ref, loop_name, f"def {loop_name}(*args, **kwargs):\n    while True:\n"
+                                                              "        pass"),
+                                zero=tuple(t for t in tests if t.startswith(f"test_{loop_name}")))
+    # 8 memory hog in a plain cell
+    out["memory_hog"] = Case(insert_after(ref, "setup", "hog = bytearray(64 * 1024 ** 3)\nprint(len(hog))"))
+    # 9 exception in the first code cell
+    boom = copy.deepcopy(ref)
+    boom["cells"].insert(first_code_index(boom), {"cell_type": "code", "metadata": {}, "execution_count": None,
+                                                  "outputs": [], "source": "raise RuntimeError('boom')"})
+    out["exception_first"] = Case(boom)
+    # 10 stderr from student code (top level of a cell and of a solution cell)
+    noisy = insert_after(ref, "setup", "import sys\nprint('debug output', file=sys.stderr)")
+    sol = nbu.find_cell(noisy, names[-1])
+    sol["source"] = "import sys as _sys\nprint('solution cell says hi', file=_sys.stderr)\n" + nbu.cell_source(sol)
+    out["stderr"] = Case(noisy)
+    # 11 malformed JSON
+    out["malformed_json"] = Case(json.dumps(ref)[: len(json.dumps(ref)) // 2], zero=("*",), graded=False,
+                                 problem="malformed JSON")
+    # 12 wrong notebook file name
+    out["wrong_filename"] = Case(ref, filename=f"{lab} (1).ipynb", problem="expected")
+    # 13 empty folder
+    out["empty_folder"] = Case(None, zero=("*",), graded=False, problem="nothing submitted")
+    # 14 another lab's notebook under this lab's name
+    if other_lab_nb is not None:
+        out["other_lab"] = Case(reference(other_lab_nb), zero=("*",), graded=False, problem="looks like")
+    # 15 duplicated grade_ids: the first test cell and the first solution cell twice
+    dup = copy.deepcopy(ref)
+    i = next(k for k, c in enumerate(dup["cells"]) if nbu.grade_id(c) == tests[0])
+    dup["cells"].insert(i + 1, copy.deepcopy(dup["cells"][i]))
+    j = next(k for k, c in enumerate(dup["cells"]) if nbu.grade_id(c) == names[0])
+    dup["cells"].insert(j + 1, copy.deepcopy(dup["cells"][j]))
+    out["duplicate_ids"] = Case(dup, problem="duplicated grade_id")
+    # 16 huge outputs: 20 MB stored in the file, 100k lines printed at run time
+    huge = insert_after(ref, "setup", "for i in range(100_000):\n    print('line', i)")
+    k = first_code_index(huge)
+    huge["cells"][k]["outputs"] = [{"output_type": "stream", "name": "stdout", "text": "x" * 20_000_000}]
+    out["huge_outputs"] = Case(huge)
+    # 17 faking a pass by patching the comparators (with one wrong function)
+    if patch_mutant is not None:
+        name, code = patch_mutant
+        patched = insert_after(replace_solution(ref, name, code), "setup", PATCH_COMPARATORS)
+        out["patch_comparators"] = Case(patched, zero=tuple(t for t in tests if t.startswith(f"test_{name}")))
+    # 18 reading instructor files; 19 network
+    out["snoop"] = Case(insert_after(ref, "setup", LOOK_PROBE.format(paths=hide_paths)))
+    out["network"] = Case(insert_after(ref, "setup", NET_PROBE))
+    return out
+
+
+def expected_scores(case: Case, cells: list[dict]) -> dict[str, float | None]:
+    """grade_id -> expected score for a case: autograded cells full or 0, written questions '' / 0."""
+    exp = {}
+    for c in cells:
+        if not c["auto"]:
+            continue
+        zero = "*" in case.zero or c["grade_id"] in case.zero
+        exp[c["grade_id"]] = 0.0 if zero else c["max_score"]
+    return exp

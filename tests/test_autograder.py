@@ -1,0 +1,201 @@
+"""Unit tests of the autograder on a tiny self-made assignment (no real lab, no torch in kernels)."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import grading_fixtures as gf
+from autograder import grade as G
+from autograder import notebook as nbu
+from autograder.config import PerDayPenalty
+from autograder.release import build_bundle, build_course, scan_for_leaks
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = str(Path(sys.executable).parent)
+
+
+@pytest.fixture(autouse=True)
+def _alembic_on_path(monkeypatch):
+    monkeypatch.setenv("PATH", VENV_BIN + os.pathsep + os.environ.get("PATH", ""))
+
+
+# ------------------------------------------------------------------ pieces (fast)
+
+def test_strip_region_keeps_code_around_it():
+    text = "a = 1\n### BEGIN HIDDEN TESTS\nassert secret\n### END HIDDEN TESTS\nprint(a)\n"
+    out = nbu.strip_region(text, nbu.BEGIN_HIDDEN, nbu.END_HIDDEN, nbu.HIDDEN_REPLACEMENT)
+    assert out == f"a = 1\n{nbu.HIDDEN_REPLACEMENT}\nprint(a)\n"
+
+
+def test_find_leaks_sees_markers_and_html_escaped_lines():
+    html = "<span>assert mean([0.5, 0.25]) == 0.375</span>"
+    assert nbu.find_leaks(html, ["assert mean([0.5, 0.25]) == 0.375"]) == ["assert mean([0.5, 0.25]) == 0.375"]
+    assert nbu.find_leaks("### BEGIN SOLUTION") == ["### BEGIN SOLUTION"]
+    assert nbu.find_leaks("nothing here", ["return x"]) == []  # short lines are not secrets
+
+
+def test_load_solution_runs_setup_then_solution(tmp_path):
+    gf.write_tiny_source(tmp_path)
+    mean = nbu.load_solution(gf.TINY_LAB, "mean", notebooks=tmp_path)
+    assert mean([1.0, 2.0, 6.0]) == 3.0
+
+
+def test_late_penalty_per_started_day():
+    p = PerDayPenalty(per_day=0.1)
+    assert p.late_submission_penalty("s", 10.0, 0) is None
+    assert p.late_submission_penalty("s", 10.0, 3600) == pytest.approx(1.0)       # 1 started day
+    assert p.late_submission_penalty("s", 10.0, 86400 * 1.5) == pytest.approx(2.0)  # 2 started days
+    assert p.late_submission_penalty("s", 10.0, 86400 * 30) == pytest.approx(10.0)  # capped at the score
+
+
+def _tiny_nb() -> dict:
+    return gf.reference(gf.tiny_notebook())
+
+
+def test_collect_folder_layout_reports_problems(tmp_path):
+    subs = tmp_path / "subs"
+    gf.write_submission(subs, "alice", gf.TINY_LAB, _tiny_nb(), timestamp="2025-01-01 10:00:00 UTC")
+    gf.write_submission(subs, "bob", gf.TINY_LAB, _tiny_nb(), filename="copy of tiny.ipynb")
+    gf.write_submission(subs, "carol", gf.TINY_LAB, "{not json")
+    gf.write_submission(subs, "dave", gf.TINY_LAB, None)
+    jobs = {j.student: j for j in G.collect(subs, [gf.TINY_LAB], tmp_path / "w")}
+    assert jobs["alice"].timestamp == "2025-01-01 10:00:00 UTC" and not jobs["alice"].problems
+    assert jobs["bob"].notebook.endswith("copy of tiny.ipynb") and "expected" in jobs["bob"].problems[0]
+    assert jobs["carol"].notebook is None and "malformed JSON" in jobs["carol"].problems[0]
+    assert jobs["dave"].notebook is None and jobs["dave"].problems == ["nothing submitted"]
+
+
+def test_collect_zip_of_folder_and_flat_lms_zip(tmp_path):
+    subs = tmp_path / "class"
+    gf.write_submission(subs, "alice", gf.TINY_LAB, _tiny_nb())
+    gf.write_submission(subs, "bob", gf.TINY_LAB, _tiny_nb())
+    z1 = tmp_path / "tree.zip"
+    with zipfile.ZipFile(z1, "w") as zf:
+        for p in subs.rglob("*.ipynb"):
+            zf.write(p, Path("download") / p.relative_to(subs))  # one wrapping folder
+    jobs = G.collect(z1, [gf.TINY_LAB], tmp_path / "w1")
+    assert [(j.student, j.lab) for j in jobs] == [("alice", gf.TINY_LAB), ("bob", gf.TINY_LAB)]
+    z2 = tmp_path / "canvas.zip"
+    with zipfile.ZipFile(z2, "w") as zf:  # Canvas: <name>_<student id>_<submission id>_<file>
+        zf.writestr(f"smithalice_s1001_4242_{gf.TINY_LAB}.ipynb", json.dumps(_tiny_nb()))
+        zf.writestr(f"jonesbob_s1002_4243_{gf.TINY_LAB}-1.ipynb", json.dumps(_tiny_nb()))
+    jobs = G.collect(z2, [gf.TINY_LAB], tmp_path / "w2")
+    assert [(j.student, j.lab, j.problems) for j in jobs] == [("s1001", gf.TINY_LAB, []), ("s1002", gf.TINY_LAB, [])]
+
+
+# ------------------------------------------------------------------ the tiny class, graded once
+
+DEADLINE = "2025-03-01T12:00:00+00:00"
+
+
+@pytest.fixture(scope="module")
+def tiny_graded(tmp_path_factory):
+    os.environ["PATH"] = VENV_BIN + os.pathsep + os.environ.get("PATH", "")
+    root = tmp_path_factory.mktemp("tiny")
+    notebooks = gf.write_tiny_source(root / "notebooks")
+    course = build_course(root / "course", [gf.TINY_LAB], notebooks, log=lambda m: None)
+    source = nbu.read_nb(course / "source" / gf.TINY_LAB / f"{gf.TINY_LAB}.ipynb")
+    release = nbu.read_nb(course / "release" / gf.TINY_LAB / f"{gf.TINY_LAB}.ipynb")
+    subs = root / "subs"
+    cases = {
+        "reference": gf.Case(gf.reference(source)),
+        "blank": gf.Case(release, zero=("*",)),
+        "mutant_add": gf.Case(gf.replace_solution(gf.reference(source), "add", "def add(a, b):\n    return a - b"),
+                              zero=("test_add",)),
+        "mutant_mean": gf.Case(gf.replace_solution(gf.reference(source), "mean",
+                                                   "def mean(xs):\n    return sum(xs) // len(xs)"),
+                               zero=("test_mean",)),
+        "late": gf.Case(gf.reference(source), timestamp="2025-03-02 13:00:00 UTC"),  # 2 started days late
+    }
+    cases.update(gf.hostile_class(gf.TINY_LAB, source, release,
+                                  hide_paths=[str(course / "gradebook.db"), str(notebooks), str(subs)],
+                                  loop_name="mean"))
+    for student, case in cases.items():
+        gf.write_submission(subs, student, case.lab or gf.TINY_LAB, case.nb, case.filename, case.timestamp)
+    out = root / "out"
+    # the tiny source notebooks live outside the repo's notebooks/, so name them as hidden too
+    G.grade(subs, out, course, workers=2, deadline=DEADLINE, late_penalty_per_day=0.1, quiet=True,
+            extra_hide=[notebooks])
+    return {"root": root, "course": course, "cases": cases, "out": out, "source": source, "release": release}
+
+
+def _read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_tiny_class_exact_cell_scores(tiny_graded):
+    cells = G.lab_cells(tiny_graded["course"], gf.TINY_LAB)
+    rows = _read_csv(tiny_graded["out"] / "cell_scores.csv")
+    got = {(r["student_id"], r["grade_id"]): r["score"] for r in rows}
+    assert {s for s, _ in got} == set(tiny_graded["cases"])
+    wrong = [(student, gid, got[(student, gid)], want) for student, case in tiny_graded["cases"].items()
+             for gid, want in gf.expected_scores(case, cells).items()
+             if got[(student, gid)] == "" or float(got[(student, gid)]) != want]
+    assert wrong == []
+
+
+def test_tiny_class_totals_problems_and_late_penalty(tiny_graded):
+    rows = {r["student_id"]: r for r in _read_csv(tiny_graded["out"] / "grades.csv")}
+    assert list(rows["reference"].keys()) == G.GRADES_COLUMNS
+    assert float(rows["reference"]["raw_score"]) == 3.0 and float(rows["reference"]["max_score"]) == 4.0
+    assert float(rows["late"]["late_submission_penalty"]) == pytest.approx(0.6)
+    assert float(rows["late"]["score"]) == pytest.approx(2.4)
+    assert float(rows["reference"]["late_submission_penalty"]) == 0.0
+    for student, case in tiny_graded["cases"].items():
+        assert case.problem in rows[student]["problems"], (student, rows[student]["problems"])
+        if case.graded is not None:
+            assert rows[student]["status"].startswith("graded") == case.graded, student
+
+
+def test_tiny_sandbox_blocks_network_and_instructor_files(tiny_graded):
+    fb = tiny_graded["out"] / "feedback"
+    net = (fb / "network" / gf.TINY_LAB / f"{gf.TINY_LAB}.html").read_text()
+    snoop = (fb / "snoop" / gf.TINY_LAB / f"{gf.TINY_LAB}.html").read_text()
+    assert "NETCHECK: blocked" in net and "NETCHECK: connected" not in net
+    assert "LEAKCHECK: found=[]" in snoop
+
+
+def test_tiny_feedback_has_no_hidden_tests_or_solutions(tiny_graded):
+    source, release = tiny_graded["source"], tiny_graded["release"]
+    visible = {ln.strip() for c in release["cells"] for ln in nbu.cell_source(c).splitlines()}
+    secrets = [ln for ln in nbu.hidden_test_lines(source) + nbu.solution_lines(source) if ln not in visible]
+    assert secrets  # the check below is not vacuous
+    files = sorted((tiny_graded["out"] / "feedback").rglob("*.html"))
+    assert len(files) >= len(tiny_graded["cases"]) - 3
+    for path in files:
+        text = path.read_text()
+        leaks = nbu.find_leaks(text, [s for s in nbu.hidden_only_lines(source) if s not in visible])
+        assert leaks == [], (path, leaks)
+
+
+def test_tiny_student_bundle_has_no_solution(tiny_graded, tmp_path):
+    bundle, zpath = build_bundle(tiny_graded["course"], tmp_path / "rel", [gf.TINY_LAB])
+    assert (bundle / gf.TINY_LAB / f"{gf.TINY_LAB}.ipynb").is_file() and (bundle / "labkit").is_dir()
+    assert not (bundle / "autograder").exists() and not (bundle / "tests").exists()
+    assert scan_for_leaks(bundle) == []
+    text = "\n".join(p.read_text(errors="replace") for p in bundle.rglob("*.ipynb"))
+    for line in nbu.solution_lines(tiny_graded["source"]) + nbu.hidden_test_lines(tiny_graded["source"]):
+        assert line not in text
+    with zipfile.ZipFile(zpath) as zf:
+        assert f"student-bundle/{gf.TINY_LAB}/{gf.TINY_LAB}.ipynb" in zf.namelist()
+
+
+def test_validate_cli_exit_codes(tiny_graded, tmp_path):
+    ref = tmp_path / "ref.ipynb"
+    ref.write_text(json.dumps(gf.reference(tiny_graded["source"])))
+    blank = tmp_path / "blank.ipynb"
+    blank.write_text(json.dumps(tiny_graded["release"]))
+    env = dict(os.environ, PATH=VENV_BIN + os.pathsep + os.environ["PATH"])
+    run = lambda p: subprocess.run([sys.executable, "-m", "autograder", "validate", str(p)], cwd=REPO, env=env,
+                                   capture_output=True, text=True, timeout=300)
+    assert run(ref).returncode == 0
+    res = run(blank)
+    assert res.returncode == 1 and res.stdout.strip()

@@ -1,0 +1,150 @@
+"""End to end on the real labs: release → a class of generated submissions → grade (2 workers).
+
+Reference, blank and one mutant per graded name for every lab; the hostile cases on the
+fastest lab (HOSTILE_LAB). Asserts exact per-cell scores, that neither the student bundle nor
+any feedback file leaks a solution or hidden test, and byte-identical CSVs on re-grading.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import grading_fixtures as gf
+from autograder import grade as G
+from autograder import notebook as nbu
+from autograder.release import build_bundle, build_course, scan_for_leaks
+
+pytestmark = pytest.mark.slow
+HOSTILE_LAB = "lab6_efficient_convs"
+OTHER_LAB = "lab2_knowledge_distillation"
+# A plausible bug (counts biases too) in a function whose test compares floats through labkit.checks.
+PATCH_MUTANT = ("model_sparsity", """def model_sparsity(model):
+    import torch
+    params = [p for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))
+              for p in m.parameters()]
+    return float(sum(int((p == 0).sum()) for p in params) / sum(p.numel() for p in params))""")
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    labs = nbu.available_labs()
+    if len(labs) < 6:
+        pytest.skip(f"only {len(labs)} of 6 source notebooks exist")
+    os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+    root = tmp_path_factory.mktemp("e2e")
+    t0 = time.perf_counter()
+    course = build_course(root / "course", labs, log=lambda m: None)
+    bundle, _ = build_bundle(course, root / "release", labs)
+    t_release = time.perf_counter() - t0
+    subs = root / "subs"
+    src = {lab: nbu.read_nb(course / "source" / lab / f"{lab}.ipynb") for lab in labs}
+    rel = {lab: nbu.read_nb(course / "release" / lab / f"{lab}.ipynb") for lab in labs}
+    cases: dict[tuple[str, str], gf.Case] = {}
+    for lab in labs:
+        cases[("reference", lab)] = gf.Case(gf.reference(src[lab]))
+        cases[("blank", lab)] = gf.Case(rel[lab], zero=("*",))
+        for name in nbu.graded_names(src[lab]):  # one function wrong in a plausible way
+            cases[(f"wrong_{name}", lab)] = gf.Case(
+                gf.plausibly_wrong(src[lab], name),
+                zero=tuple(nbu.grade_id(c) for c in nbu.test_cells(src[lab], name)))
+    hide = [str(course / "gradebook.db"), str(course / "source"), str(nbu.NOTEBOOKS), str(subs)]
+    for student, case in gf.hostile_class(HOSTILE_LAB, src[HOSTILE_LAB], rel[HOSTILE_LAB], hide,
+                                          other_lab_nb=src[OTHER_LAB], patch_mutant=PATCH_MUTANT).items():
+        cases[(student, HOSTILE_LAB)] = case
+    cases[("late", HOSTILE_LAB)] = gf.Case(gf.reference(src[HOSTILE_LAB]), timestamp="2025-03-03 13:00:00 UTC")
+    for (student, lab), case in cases.items():
+        gf.write_submission(subs, student, lab, case.nb, case.filename, case.timestamp)
+    t0 = time.perf_counter()
+    G.grade(subs, root / "out", course, workers=2, deadline="2025-03-01T12:00:00Z", late_penalty_per_day=0.25,
+            quiet=True)
+    t_grade = time.perf_counter() - t0
+    print(f"\ne2e: release {t_release:.0f} s, grading {len(cases)} submissions {t_grade:.0f} s")
+    return {"root": root, "course": course, "bundle": bundle, "cases": cases, "src": src, "rel": rel,
+            "labs": labs, "out": root / "out", "subs": subs}
+
+
+def _csv(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_exact_cell_scores(graded):
+    got = {(r["student_id"], r["assignment"], r["grade_id"]): r["score"] for r in _csv(graded["out"] / "cell_scores.csv")}
+    wrong = []
+    for (student, lab), case in graded["cases"].items():
+        for gid, want in gf.expected_scores(case, G.lab_cells(graded["course"], lab)).items():
+            have = got.get((student, lab, gid))
+            if have in (None, "") or float(have) != want:
+                wrong.append((student, lab, gid, have, want))
+    assert wrong == []
+
+
+def test_problems_status_and_late_penalty(graded):
+    rows = {(r["student_id"], r["assignment"]): r for r in _csv(graded["out"] / "grades.csv")}
+    for key, case in graded["cases"].items():
+        assert case.problem in rows[key]["problems"], (key, rows[key]["problems"])
+        if case.graded is not None:
+            assert rows[key]["status"].startswith("graded") == case.graded, key
+    late, ref = rows[("late", HOSTILE_LAB)], rows[("reference", HOSTILE_LAB)]
+    assert float(late["raw_score"]) == float(ref["raw_score"]) > 0
+    # 2 days 1 hour late -> 3 started days x 0.25 of the raw score
+    assert float(late["late_submission_penalty"]) == pytest.approx(0.75 * float(ref["raw_score"]))
+
+
+def test_sandbox_probes(graded):
+    fb = graded["out"] / "feedback"
+    net = (fb / "network" / HOSTILE_LAB / f"{HOSTILE_LAB}.html").read_text()
+    snoop = (fb / "snoop" / HOSTILE_LAB / f"{HOSTILE_LAB}.html").read_text()
+    assert "NETCHECK: blocked" in net and "NETCHECK: connected" not in net
+    assert "LEAKCHECK: found=[]" in snoop
+
+
+def _secret(lines: list[str], visible: set[str]) -> list[str]:
+    """Lines (>= 12 chars) that are not part of any line students see anyway."""
+    return [ln for ln in dict.fromkeys(lines) if len(ln) >= 12 and not any(ln in v for v in visible)]
+
+
+def test_no_leaks_in_bundle_or_feedback(graded):
+    assert scan_for_leaks(graded["bundle"]) == []
+    assert not (graded["bundle"] / "autograder").exists() and not (graded["bundle"] / "tests").exists()
+    # labkit may hold honest lines that equal a solution line ("return model"): solution lines are
+    # looked for in the notebooks, markers in every file (scan_for_leaks above).
+    bundle_text = "\n".join(p.read_text(errors="replace") for p in graded["bundle"].rglob("*.ipynb"))
+    # lines students see anyway (in any released notebook) are not secrets
+    everywhere = {ln.strip() for rel in graded["rel"].values() for c in rel["cells"]
+                  for ln in nbu.cell_source(c).splitlines()}
+    for lab in graded["labs"]:
+        visible = {ln.strip() for c in graded["rel"][lab]["cells"] for ln in nbu.cell_source(c).splitlines()}
+        visible |= everywhere
+        secrets = _secret(nbu.hidden_test_lines(graded["src"][lab]) + nbu.solution_lines(graded["src"][lab]),
+                          visible)
+        assert nbu.find_leaks(bundle_text, secrets) == [], lab
+        hidden = _secret(nbu.hidden_only_lines(graded["src"][lab]), visible)
+        assert hidden, lab  # the check below is not vacuous
+        for html in sorted((graded["out"] / "feedback").glob(f"*/{lab}/*.html")):
+            assert nbu.find_leaks(html.read_text(errors="replace"), hidden) == [], html
+
+
+def test_regrading_gives_byte_identical_csvs(graded, tmp_path):
+    lab = HOSTILE_LAB
+    sub = tmp_path / "subs"
+    for student in ("reference", "blank", "malformed_json", "late"):
+        src = graded["subs"] / student / lab
+        if src.is_dir():
+            shutil.copytree(src, sub / student / lab)
+    out1, out2 = tmp_path / "o1", tmp_path / "o2"
+    for out in (out1, out2):
+        G.grade(sub, out, graded["course"], labs=[lab], workers=2, deadline="2025-03-01T12:00:00Z",
+                late_penalty_per_day=0.25, quiet=True, progress=False)
+    for name in ("grades.csv", "cell_scores.csv"):
+        assert (out1 / name).read_bytes() == (out2 / name).read_bytes()
+    first = {(r["student_id"], r["grade_id"]): r["score"] for r in _csv(out1 / "cell_scores.csv")}
+    whole = {(r["student_id"], r["grade_id"]): r["score"] for r in _csv(graded["out"] / "cell_scores.csv")
+             if r["assignment"] == lab}
+    assert all(whole[k] == v for k, v in first.items())
