@@ -6,6 +6,9 @@ so the reference solution exists exactly once.
 """
 from __future__ import annotations
 
+import contextlib
+import io
+
 import json
 import os
 import re
@@ -160,8 +163,9 @@ def load_solution(lab: str, name: str, notebooks: Path = NOTEBOOKS,
     ns: dict = {"__name__": f"solution_{lab}"} if namespace is None else namespace
     setup = next((c for c in nb["cells"] if grade_id(c) == "setup"), None)
     if setup is not None:
-        # The setup cell calls setup_notebook(), which prints the profile: harmless here.
-        exec(compile(cell_source(setup), f"<{lab}:setup>", "exec"), ns)  # noqa: S102 - instructor code
+        # The setup cell calls setup_notebook(), which prints the profile line: not wanted here.
+        with contextlib.redirect_stdout(io.StringIO()):
+            exec(compile(cell_source(setup), f"<{lab}:setup>", "exec"), ns)  # noqa: S102 - instructor code
     code = solution_code(cell_source(find_cell(nb, name)))
     exec(compile(code, f"<{lab}:{name}>", "exec"), ns)  # noqa: S102 - instructor code
     if name not in ns:

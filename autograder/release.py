@@ -219,7 +219,8 @@ Restart the kernel and run all cells, then validate:
 
     nbgrader validate lab1_early_stopping_transfer/lab1_early_stopping_transfer.ipynb
 
-(or the *Validate* button of JupyterLab's assignment view). Submit the `.ipynb` file
+(or press the *Validate* button in the notebook's toolbar). Read its message: the command
+exits 0 even when a test fails. Submit the `.ipynb` file
 with its original name, through the course page.
 """
 
