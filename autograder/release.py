@@ -170,17 +170,24 @@ def build_course(course: Path, labs: list[str] | None = None, notebooks: Path = 
                 shutil.copyfile(item, dest / item.name)
     if checkpoints:
         build_checkpoints(course, labs, notebooks, log=log)
-    config = make_config(course, db_url=db_url)
-    api = NbGraderAPI(coursedir=CourseDirectory(config=config), config=config)
     import logging
 
-    api.log.setLevel(logging.ERROR)
-    for lab in labs:
-        res = api.generate_assignment(lab, force=True, create=True)
-        if not res.get("success"):
-            raise ReleaseError(f"nbgrader generate_assignment {lab} failed: "
-                               f"{nbu_last_line(res.get('error') or res.get('log') or '')}")
-        log(f"release: generated the student version of {lab}")
+    # The course's own SQLite gradebook is always written: grading copies it into every job.
+    # A different ``db_url`` (e.g. PostgreSQL) gets the same assignments from a second
+    # generate_assignment pass (it rewrites release/ identically) so results can be merged there.
+    configs = [make_config(course)]
+    if db_url and db_url != configs[0].CourseDirectory.db_url:
+        configs.append(make_config(course, db_url=db_url))
+    for config in configs:
+        api = NbGraderAPI(coursedir=CourseDirectory(config=config), config=config)
+        api.log.setLevel(logging.ERROR)
+        for lab in labs:
+            res = api.generate_assignment(lab, force=True, create=True)
+            if not res.get("success"):
+                raise ReleaseError(f"nbgrader generate_assignment {lab} into {config.CourseDirectory.db_url} failed: "
+                                   f"{nbu_last_line(res.get('error') or res.get('log') or '')}")
+            if config is configs[0]:
+                log(f"release: generated the student version of {lab}")
     return course
 
 
