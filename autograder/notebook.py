@@ -10,11 +10,11 @@ import contextlib
 import io
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from labkit.files import write_text
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
@@ -56,26 +56,12 @@ def read_nb(path: Path) -> dict:
 
 def write_json_atomic(path: Path, data: Any) -> Path:
     """Write JSON to ``path`` through a temp file + rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=1, ensure_ascii=False)
-        fh.write("\n")
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600
-    os.replace(tmp, path)
-    return path
+    return write_text(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
 
 
 def write_text_atomic(path: Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-    return path
+    """Write ``text`` to ``path`` through a temp file + rename."""
+    return write_text(path, text)
 
 
 def cell_source(cell: dict) -> str:

@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -89,19 +88,9 @@ def command(section: str, smoke: bool, extra: str = "") -> str:
 
 def write_atomic(path: Path | str, text: str) -> Path:
     """Write ``text`` to ``path`` via a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    from labkit.files import write_text
+
+    return write_text(path, text)
 
 
 def write_json(path: Path | str, obj: Any) -> Path:

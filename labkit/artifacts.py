@@ -58,8 +58,8 @@ def record_headline(lab: str, profile: Profile | None = None, **numbers: float |
     ``test_acc`` or ``params_ratio``.
     """
     import json
-    import os
-    import tempfile
+
+    from labkit.files import write_text
 
     prof = profile or get_profile()
     prof.artifacts.mkdir(parents=True, exist_ok=True)
@@ -71,12 +71,4 @@ def record_headline(lab: str, profile: Profile | None = None, **numbers: float |
 
     data[lab] = {"profile": prof.name, "dataset": prof.dataset, **{k: plain(v) for k, v in numbers.items()}}
     text = json.dumps(data, indent=2, sort_keys=True)  # fails before any file is touched
-    fd, tmp = tempfile.mkstemp(dir=prof.artifacts, prefix=".headlines-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text(path, text)

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from labkit.files import atomic_open
 from labkit.profile import Profile, default_data_root, get_profile
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
@@ -153,20 +152,8 @@ def write_cache(path: Path | str, splits: dict[str, tuple[np.ndarray, np.ndarray
             raise ValueError(f"split {split!r}: {labels.shape[0]} labels for {images.shape[0]} images")
         arrays[f"{split}_images"] = np.ascontiguousarray(images)
         arrays[f"{split}_labels"] = labels.astype(np.int64)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)  # uncompressed: zlib saves ~6% on photos but makes loading ~10x slower
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it owner-only; a cache is for everyone
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as f:
+        np.savez(f, **arrays)  # uncompressed: zlib saves ~6% on photos but makes loading ~10x slower
     return path
 
 

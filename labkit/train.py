@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -31,6 +30,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from labkit.files import atomic_open
 
 __all__ = ["History", "fit", "evaluate", "predict", "save_checkpoint", "load_checkpoint",
            "make_sgd"]
@@ -423,17 +424,8 @@ def save_checkpoint(path: str | os.PathLike, model_or_state: nn.Module | Mapping
         raise TypeError(f"save_checkpoint needs a model or state dict, got {type(state).__name__}")
     state = {k: (v.detach().cpu() if torch.is_tensor(v) else v) for k, v in state.items()}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"state_dict": state, **extra}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as f:
+        torch.save({"state_dict": state, **extra}, f)
     return path
 
 
