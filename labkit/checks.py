@@ -111,3 +111,73 @@ def check_raises(exc: type[BaseException], fn, *args, name: str = "call", **kwar
 def passed(what: str) -> None:
     """The last line of a passing self-check."""
     print(f"✓ {what}: all checks passed")
+
+
+# ---------------------------------------------------------------------------- hidden-check helpers
+# Used by the hidden regions of test cells (``hidden_checks(rec)``, see notebooks/README.md):
+# they put a student's module and the reference into the same known state and record plain
+# values. They decide nothing: the grader's judge compares the two records.
+
+_PARAM_LAYERS = (torch.nn.Conv2d, torch.nn.Linear, torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)
+
+
+def fill_deterministic(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Give every floating parameter and buffer of ``module`` a value from ``seed`` (in place).
+
+    Weights ~ N(0, 0.5²); BatchNorm scales and running variances in [0.5, 1.5) (positive, as
+    trained ones are); biases and running means ~ N(0, 0.3²). Two modules with the same layers,
+    created in the same order, end up identical whatever their initialisation was.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for mod in module.modules():
+            is_bn = isinstance(mod, torch.nn.modules.batchnorm._BatchNorm)
+            tensors = list(mod.named_parameters(recurse=False)) + list(mod.named_buffers(recurse=False))
+            for name, t in tensors:
+                if not t.is_floating_point():
+                    continue
+                if name == "running_var" or (is_bn and name == "weight"):
+                    t.copy_(torch.rand(t.shape, generator=gen) + 0.5)
+                elif name in ("bias", "running_mean"):
+                    t.copy_(torch.randn(t.shape, generator=gen) * 0.3)
+                else:
+                    t.copy_(torch.randn(t.shape, generator=gen) * 0.5)
+    return module
+
+
+def layer_summary(module: torch.nn.Module) -> list[tuple]:
+    """The Conv2d / Linear / BatchNorm layers of ``module`` in registration order, as plain tuples.
+
+    Conv2d: ``("Conv2d", in, out, kernel, stride, padding, groups, has_bias)``; Linear:
+    ``("Linear", in, out, has_bias)``; BatchNorm: ``(type, num_features)``. Activations and
+    pooling are left out, so ``nn.ReLU()`` modules and ``torch.relu`` calls look the same.
+    """
+    out = []
+    for m in module.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            out.append(("Conv2d", m.in_channels, m.out_channels, tuple(m.kernel_size), tuple(m.stride),
+                        tuple(m.padding) if not isinstance(m.padding, str) else m.padding, m.groups,
+                        m.bias is not None))
+        elif isinstance(m, torch.nn.Linear):
+            out.append(("Linear", m.in_features, m.out_features, m.bias is not None))
+        elif isinstance(m, _PARAM_LAYERS):
+            out.append((type(m).__name__, m.num_features))
+    return out
+
+
+def record_module(rec: Any, name: str, module: torch.nn.Module, x: torch.Tensor, seed: int,
+                  atol: float = 1e-5) -> None:
+    """Record ``module``'s layers, parameter count and outputs on ``x`` in eval and train mode.
+
+    The module is first put into a known state with :func:`fill_deterministic` (``seed``), so
+    the reference and a student's module give the same outputs exactly when they compute the
+    same function.
+    """
+    rec.check(f"{name}: layers", lambda: layer_summary(module))
+    rec.check(f"{name}: parameter count", lambda: sum(p.numel() for p in module.parameters()))
+    fill_deterministic(module, seed)
+    with torch.no_grad():
+        module.eval()
+        rec.check(f"{name}: output in eval mode", lambda: module(x), atol=atol)
+        module.train()
+        rec.check(f"{name}: output in train mode", lambda: module(x), atol=10 * atol)
