@@ -56,8 +56,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
             build_course(course, labs)
         grade(Path(args.submissions), Path(args.out), course, labs=labs, workers=args.workers,
               deadline=args.deadline, late_penalty_per_day=args.late_penalty_per_day, db_url=args.db_url,
-              sandbox=not args.no_sandbox, mem_bytes=int(args.mem_gb * 1024 ** 3), job_timeout=args.job_timeout,
-              extra_hide=[Path(p) for p in args.hide or []])
+              sandbox=not args.no_sandbox, mem_bytes=int(args.mem_gb * 1024 ** 3), job_timeout=args.job_timeout)
     except (GradingError, ReleaseError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -122,11 +121,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="fraction of the raw score taken per started day late (e.g. 0.1)")
     g.add_argument("--db-url", help="also merge the results into this gradebook (sqlite:///… or postgresql://…)")
     g.add_argument("--course-dir", default=str(DEFAULT_COURSE), help="course folder built by release")
-    g.add_argument("--mem-gb", type=float, default=2.0, help="memory cap of each grading kernel (GiB)")
+    g.add_argument("--mem-gb", type=float, default=2.0, help="memory cap of each grading sandbox, all its processes together (GiB)")
     g.add_argument("--job-timeout", type=float, default=600, help="wall-clock cap per submission (s)")
-    g.add_argument("--hide", nargs="+", help="more folders the grading kernels must not see "
-                   "(course, submissions, output and notebooks/ are always hidden)")
-    g.add_argument("--no-sandbox", action="store_true", help="plain kernels (trusted submissions only)")
+    g.add_argument("--no-sandbox", action="store_true", help="grade without the bubblewrap sandbox (trusted submissions only)")
     g.set_defaults(func=cmd_grade)
 
     v = sub.add_parser("validate", help="nbgrader validate, exiting 1 when the notebook fails")

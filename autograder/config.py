@@ -5,6 +5,7 @@ command line by hand inside a course folder built by ``python -m autograder rele
 """
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -25,12 +26,12 @@ IGNORE_STDERR = (
 MAX_OUTPUT_LINES = 200
 
 
-def timeout_for(cell) -> int:
+def timeout_for(cell, limit: int = CELL_TIMEOUT_S) -> int:
     """Per-cell wall-clock limit (seconds): graded test cells get less than other cells."""
     meta = cell.get("metadata", {}).get("nbgrader", {})
-    if meta.get("grade") and not meta.get("solution"):
-        return TEST_CELL_TIMEOUT_S
-    return CELL_TIMEOUT_S
+    if isinstance(meta, dict) and meta.get("grade") and not meta.get("solution"):
+        return min(TEST_CELL_TIMEOUT_S, limit)
+    return limit
 
 
 try:  # nbgrader is an instructor dependency; this module is importable without it
@@ -55,7 +56,8 @@ class PerDayPenalty(_LateBase):  # type: ignore[misc,valid-type]
 
 
 def make_config(root: Path, db_url: str | None = None, kernel_name: str | None = None,
-                late_penalty_per_day: float = 0.0, ipc_dir: Path | None = None) -> Config:
+                late_penalty_per_day: float = 0.0, ipc_dir: Path | None = None,
+                cell_timeout: int = CELL_TIMEOUT_S) -> Config:
     """nbgrader Config for a course folder at ``root``.
 
     ``ipc_dir``: use jupyter_client's ``ipc`` transport with sockets and connection file there
@@ -71,8 +73,8 @@ def make_config(root: Path, db_url: str | None = None, kernel_name: str | None =
     c.CourseDirectory.max_file_size = 200_000  # kB; smoke checkpoints are small, keep them
     c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
     c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
-    c.Execute.timeout = CELL_TIMEOUT_S
-    c.Execute.timeout_func = timeout_for
+    c.Execute.timeout = cell_timeout
+    c.Execute.timeout_func = functools.partial(timeout_for, limit=cell_timeout)
     c.Execute.interrupt_on_timeout = True
     c.Execute.startup_timeout = 120
     if kernel_name:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 import zipfile
@@ -188,7 +189,24 @@ def build_course(course: Path, labs: list[str] | None = None, notebooks: Path = 
                                    f"{nbu_last_line(res.get('error') or res.get('log') or '')}")
             if config is configs[0]:
                 log(f"release: generated the student version of {lab}")
+    build_judge(course, labs, log)
     return course
+
+
+def build_judge(course: Path, labs: list[str], log=print) -> None:
+    """``<course>/judge/<lab>.json``: the reference's record of every hidden check (see autograder/judge.py).
+
+    It stays with the instructor: grading sandboxes never see the course folder.
+    """
+    from autograder.judge import JudgeError, build_expected
+
+    for lab in labs:
+        with tempfile.TemporaryDirectory(prefix=f"judge-{lab}-") as tmp:
+            try:
+                build_expected(course / "source" / lab / f"{lab}.ipynb", course / "judge" / f"{lab}.json", Path(tmp))
+            except (JudgeError, OSError, subprocess.SubprocessError) as exc:
+                raise ReleaseError(f"{lab}: {exc}") from None
+        log(f"release: recorded the reference's hidden checks of {lab}")
 
 
 STUDENT_README = """# Efficient deep learning labs: student bundle

@@ -1,11 +1,12 @@
-"""``python -m autograder.worker JOB_DIR``: autograde one prepared (student, lab) job.
+"""``python -m autograder.worker TICKET``: grade one (student, lab) job described by ``TICKET``.
 
 Started by :func:`autograder.grade.grade` once per submission, so that a crash, a hang or
-a memory blow-up stays inside this process. Writes ``JOB_DIR/result.json``.
+a memory blow-up of the grading machinery stays inside this process. Writes
+``TICKET`` with the suffix ``.result.json``.
 """
 import sys
 
-from autograder.grade import worker_main
+from autograder.job import run_ticket
 
 if __name__ == "__main__":
-    sys.exit(worker_main(sys.argv[1:]))
+    sys.exit(run_ticket(sys.argv[1]))

@@ -43,13 +43,16 @@ def tiny_notebook() -> dict:
         _cell("markdown", "Write `add(a, b)`."),
         _cell("code", "def add(a, b):\n    # ─── YOUR CODE ───\n    ### BEGIN SOLUTION\n"
                       "    return (a + b) * SCALE\n    ### END SOLUTION", grade_id="add", solution=True),
-        _cell("code", "assert add(1, 2) == 3\n### BEGIN HIDDEN TESTS\nassert add(-40, 2) == -38, 'hidden add'\n"
+        _cell("code", "assert add(1, 2) == 3\n### BEGIN HIDDEN TESTS\ndef hidden_checks(rec):\n"
+                      "    rec.check('add(1, 2)', lambda: add(1, 2))\n    rec.check('add(-40, 2)', lambda: add(-40, 2))\n"
                       "### END HIDDEN TESTS\nprint('add ok')",
               grade_id="test_add", grade=True, locked=True, points=1),
         _cell("markdown", "Write `mean(xs)`."),
         _cell("code", "def mean(xs):\n    # ─── YOUR CODE ───\n    ### BEGIN SOLUTION\n"
                       "    return math.fsum(xs) / len(xs)\n    ### END SOLUTION", grade_id="mean", solution=True),
-        _cell("code", "assert mean([1, 2, 3]) == 2\n### BEGIN HIDDEN TESTS\nassert mean([0.5, 0.25]) == 0.375\n"
+        _cell("code", "assert mean([1, 2, 3]) == 2\n### BEGIN HIDDEN TESTS\ndef hidden_checks(rec):\n"
+                      "    rec.check('mean([1, 2, 3])', lambda: mean([1, 2, 3]))\n"
+                      "    rec.check('mean([0.5, 0.25])', lambda: mean([0.5, 0.25]))\n"
                       "### END HIDDEN TESTS\nprint('mean ok')",
               grade_id="test_mean", grade=True, locked=True, points=2),
         _cell("markdown", "Why is the mean useful?\n\n### BEGIN SOLUTION\nIt summarises a sample.\n"
@@ -255,9 +258,10 @@ def hostile_class(lab: str, source: dict, release: dict, hide_paths: list[str],
     # 6 deleted solution cell of the first name
     out["deleted_solution"] = Case(delete_cells(ref, lambda c: nbu.grade_id(c) == names[0]),
                                    zero=tuple(t for t in tests if t.startswith(f"test_{names[0]}")))
-    # 7 infinite loop inside one graded function: its test cell times out
-    out["infinite_loop"] = Case(insert_after(ref, loop_name, f"def {loop_name}(*args, **kwargs):\n    while True:\n"
-                                                              "        pass"),
+    # 7 infinite loop inside one graded function (its solution cell): its checks time out
+    loop_src = nbu.cell_source(nbu.find_cell(ref, loop_name))
+    out["infinite_loop"] = Case(replace_solution(ref, loop_name, loop_src + f"\n\n\ndef {loop_name}(*args, **kwargs):\n"
+                                                                            "    while True:\n        pass"),
                                 zero=tuple(t for t in tests if t.startswith(f"test_{loop_name}")))
     # 8 memory hog in a plain cell
     out["memory_hog"] = Case(insert_after(ref, "setup", "hog = bytearray(64 * 1024 ** 3)\nprint(len(hog))"))
@@ -313,3 +317,147 @@ def expected_scores(case: Case, cells: list[dict]) -> dict[str, float | None]:
         zero = "*" in case.zero or c["grade_id"] in case.zero
         exp[c["grade_id"]] = 0.0 if zero else c["max_score"]
     return exp
+
+
+# ----------------------------------------------------------------------------- attacks
+# Submissions written as a dishonest student who has read the whole bundle would write them
+# (issue "Grades nobody can forge"). Each is graded in the same run as honest students; the
+# tests assert its exact scores, that nothing was written outside its job, and that the others'
+# scores did not move.
+
+ESCAPE_PROBE = """import ctypes, glob, json, os, socket, subprocess
+_r = {{"uid": os.getuid(), "gid": os.getgid()}}
+_r["capeff"] = [l.split()[1] for l in open("/proc/self/status") if l.startswith("CapEff")][0]
+_r["nonewprivs"] = [l.split()[1] for l in open("/proc/self/status") if l.startswith("NoNewPrivs")][0]
+_r["max_pid"] = max(int(p) for p in os.listdir("/proc") if p.isdigit())
+_r["env"] = sorted(os.environ)
+def _try(name, fn):
+    try:
+        _r[name] = "ok " + repr(fn())[:80]
+    except BaseException as e:
+        _r[name] = "blocked " + type(e).__name__
+for _t in {targets!r}:
+    _try("write " + _t, lambda: open(_t, "w").write("pwned"))
+for _t in {secrets!r}:
+    _try("read " + _t, lambda: open(_t, "rb").read(20))
+_libc = ctypes.CDLL(None, use_errno=True)
+def _call(fn, *a):
+    if fn(*a) != 0:
+        raise OSError(ctypes.get_errno(), "failed")
+_try("umount2 /tmp", lambda: _call(_libc.umount2, b"/tmp", 2))
+_try("mount tmpfs", lambda: _call(_libc.mount, b"x", b"/tmp", b"tmpfs", 0, None))
+_try("unshare user ns", lambda: _call(_libc.unshare, 0x10000000))
+_try("setns host net", lambda: _call(_libc.setns, os.open("/proc/1/ns/net", os.O_RDONLY), 0))
+_try("setuid 0", lambda: os.setuid(0))
+_try("kill grader", lambda: os.kill({grader_pid}, 9))
+_try("unix socket on host", lambda: socket.socket(socket.AF_UNIX).connect({sock!r}))
+_try("tcp to host", lambda: socket.create_connection(("127.0.0.1", {port}), timeout=2))
+_try("internet", lambda: socket.create_connection(("1.1.1.1", 53), timeout=2))
+_try("git show", lambda: subprocess.run(["git", "-C", {repo!r}, "show", "HEAD:notebooks/README.md"],
+                                        capture_output=True, timeout=10).stdout[:20] or 1 / 0)
+_try("other jobs", lambda: glob.glob("/tmp/autograder-work-*/**/*.db", recursive=True) or 1 / 0)
+_try("parent root", lambda: os.listdir("/proc/%d/root%s" % (os.getppid(), {repo!r})))
+_home = os.path.expanduser("~/.ipython/profile_default/startup")
+_try("startup file", lambda: (os.makedirs(_home, exist_ok=True),
+                              open(_home + "/00-evil.py", "w").write("import builtins; builtins.PWNED = 1")))
+print("ESCAPE " + json.dumps(_r, sort_keys=True))"""
+
+CHILD_MEMORY = """import subprocess, sys
+code = "b = bytearray(900 * 2 ** 20)\\nfor i in range(0, len(b), 4096): b[i] = 1\\nimport time; time.sleep(8)"
+kids = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(3)]
+print("MEMKIDS", [k.wait() for k in kids])"""
+
+SLEEPERS = """import subprocess
+n = 0
+try:
+    for _ in range(100):
+        subprocess.Popen(["sleep", "{sleep}"], start_new_session=True)
+        n += 1
+except OSError as exc:
+    print("stopped after", n, type(exc).__name__)
+print("SLEEPERS", n)"""
+
+KILL_ALL = """import os, signal
+os.kill(-1, signal.SIGKILL)"""
+
+IGNORE_SIGINT = """import signal
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+while True:
+    pass"""
+
+PATCH_IPYTHON = """ip = get_ipython()
+ip.input_transformers_cleanup.append(lambda lines: [] if any("passed(" in l or " ok" in l for l in lines) else lines)
+_orig = ip.run_cell
+ip.run_cell = lambda raw_cell, *a, **k: _orig("pass", *a, **k)
+print("ipython patched")"""
+
+PATCH_CHECKS = """import labkit.checks as _lc
+check_equal = check_close = check_true = check_raises = lambda *a, **k: None
+restore_comparators = lambda: []
+_lc.check_equal = _lc.check_close = _lc.check_true = _lc.check_raises = check_equal
+print("checks patched")"""
+
+LEAK_IN = """import base64, linecache
+print("LEAKIN " + repr(In))
+print("LEAKB64 " + base64.b64encode(repr(In).encode() + repr(linecache.cache).encode()).decode())"""
+
+XSS_MARKDOWN = ("Look: <img src=x onerror=\"alert(1)\"> <script>alert(2)</script> "
+                "<a href=\"javascript:alert(3)\">link</a> <iframe src=\"http://example.org\"></iframe>")
+XSS_CODE = """from IPython.display import HTML, display
+display(HTML('<svg onload="alert(4)"></svg><script>alert(5)</script><b>bold</b>'))"""
+
+
+def plain_cell(source: str, kind: str = "code", metadata: dict | None = None) -> dict:
+    cell = {"cell_type": kind, "metadata": metadata if metadata is not None else {}, "source": source}
+    if kind == "code":
+        cell.update(execution_count=None, outputs=[])
+    return cell
+
+
+def attack_class(lab: str, source: dict, release: dict, escape: dict, sleep_marker: str) -> dict[str, Case]:
+    """Attacks that need no particular lab (the tiny lab grades them fastest).
+
+    ``escape``: the format fields of :data:`ESCAPE_PROBE` (host paths to write / read, the grader's
+    pid, a host Unix socket and TCP port). ``sleep_marker``: the argument of the escaping sleepers.
+    """
+    ref = reference(source)
+    names = nbu.graded_names(source)
+    tests = [nbu.grade_id(c) for c in nbu.test_cells(source)]
+    out: dict[str, Case] = {}
+    probe = ESCAPE_PROBE.format(**escape)
+    out["escape_kernel"] = Case(insert_after(ref, "setup", probe))
+    # the same tricks inside a solution cell run in the probe's sandbox too
+    code = nbu.cell_source(nbu.find_cell(ref, names[0]))
+    out["escape_probe"] = Case(replace_solution(ref, names[0], probe + "\n" + code))
+    out["child_memory"] = Case(insert_after(ref, "setup", CHILD_MEMORY))
+    out["sleepers"] = Case(insert_after(ref, "setup", SLEEPERS.format(sleep=sleep_marker)))
+    out["kill_all"] = Case(insert_after(ref, "setup", KILL_ALL))
+    out["ignore_sigint"] = Case(insert_after(ref, "setup", IGNORE_SIGINT))
+    out["patch_ipython"] = Case(insert_after(release, "setup", PATCH_IPYTHON), zero=("*",))
+    out["leak_in"] = Case(_append(ref, LEAK_IN))
+    xss = _append(ref, XSS_CODE)
+    xss["cells"].append(plain_cell(XSS_MARKDOWN, "markdown"))
+    out["xss"] = Case(xss)
+    out["huge_line"] = Case(insert_after(ref, "setup", "print('x' * 100_000_000)"))
+    # careless or malformed notebooks: the student keeps every other point
+    bad = copy.deepcopy(ref)
+    bad["cells"] += [plain_cell("print(1)", metadata={"nbgrader": "x"}),
+                     plain_cell("print(2)", metadata={"nbgrader": {"grade_id": ["a", "b"], "grade": True}}),
+                     plain_cell("print(3)", metadata="not a dict")]
+    out["bad_metadata"] = Case(bad, problem="nbgrader")
+    renamed = copy.deepcopy(ref)
+    nbu.find_cell(renamed, tests[-1])["metadata"]["nbgrader"]["grade_id"] = tests[-1] + "_renamed"
+    out["renamed_test"] = Case(renamed, problem="unknown grade_id")
+    out["extra_cell"] = Case(_append(ref, "print('an extra cell of my own')"))
+    out["stub_with_frames"] = Case(replace_solution(
+        release, names[0], f"def {names[0]}(*a, **k):\n    import sys\n    f = sys._getframe(1)\n"
+                           "    while f is not None:\n        if 'expected' in f.f_locals:\n"
+                           "            return f.f_locals['expected']\n        f = f.f_back\n    return None"),
+        zero=("*",))
+    return out
+
+
+def _append(nb: dict, code: str) -> dict:
+    nb = copy.deepcopy(nb)
+    nb["cells"].append(plain_cell(code))
+    return nb

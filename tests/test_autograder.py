@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 import zipfile
 from pathlib import Path
 
@@ -13,6 +14,9 @@ import pytest
 
 import grading_fixtures as gf
 from autograder import grade as G
+from autograder import report
+from autograder.collect import collect
+from autograder.job import lab_cells
 from autograder import notebook as nbu
 from autograder.config import PerDayPenalty
 from autograder.release import build_bundle, build_course, scan_for_leaks
@@ -65,7 +69,7 @@ def test_collect_folder_layout_reports_problems(tmp_path):
     gf.write_submission(subs, "bob", gf.TINY_LAB, _tiny_nb(), filename="copy of tiny.ipynb")
     gf.write_submission(subs, "carol", gf.TINY_LAB, "{not json")
     gf.write_submission(subs, "dave", gf.TINY_LAB, None)
-    jobs = {j.student: j for j in G.collect(subs, [gf.TINY_LAB], tmp_path / "w")}
+    jobs = {j.student: j for j in collect(subs, [gf.TINY_LAB], tmp_path / "w")}
     assert jobs["alice"].timestamp == "2025-01-01 10:00:00 UTC" and not jobs["alice"].problems
     assert jobs["bob"].notebook.endswith("copy of tiny.ipynb") and "expected" in jobs["bob"].problems[0]
     assert jobs["carol"].notebook is None and "malformed JSON" in jobs["carol"].problems[0]
@@ -80,19 +84,49 @@ def test_collect_zip_of_folder_and_flat_lms_zip(tmp_path):
     with zipfile.ZipFile(z1, "w") as zf:
         for p in subs.rglob("*.ipynb"):
             zf.write(p, Path("download") / p.relative_to(subs))  # one wrapping folder
-    jobs = G.collect(z1, [gf.TINY_LAB], tmp_path / "w1")
+    jobs = collect(z1, [gf.TINY_LAB], tmp_path / "w1")
     assert [(j.student, j.lab) for j in jobs] == [("alice", gf.TINY_LAB), ("bob", gf.TINY_LAB)]
     z2 = tmp_path / "canvas.zip"
     with zipfile.ZipFile(z2, "w") as zf:  # Canvas: <name>_<student id>_<submission id>_<file>
         zf.writestr(f"smithalice_s1001_4242_{gf.TINY_LAB}.ipynb", json.dumps(_tiny_nb()))
         zf.writestr(f"jonesbob_s1002_4243_{gf.TINY_LAB}-1.ipynb", json.dumps(_tiny_nb()))
-    jobs = G.collect(z2, [gf.TINY_LAB], tmp_path / "w2")
+    jobs = collect(z2, [gf.TINY_LAB], tmp_path / "w2")
     assert [(j.student, j.lab, j.problems) for j in jobs] == [("s1001", gf.TINY_LAB, []), ("s1002", gf.TINY_LAB, [])]
 
 
 # ------------------------------------------------------------------ the tiny class, graded once
 
 DEADLINE = "2025-03-01T12:00:00+00:00"
+
+
+class _Listener:
+    """A host TCP port and Unix socket that count the connections they accept (none expected)."""
+
+    def __init__(self, sock_path: Path) -> None:
+        import socket
+        import threading
+
+        self.accepted = 0
+        self.tcp = socket.create_server(("127.0.0.1", 0))
+        self.unix = socket.socket(socket.AF_UNIX)
+        self.unix.bind(str(sock_path))
+        self.unix.listen()
+        self.port = self.tcp.getsockname()[1]
+        for srv in (self.tcp, self.unix):
+            threading.Thread(target=self._serve, args=(srv,), daemon=True).start()
+
+    def _serve(self, srv) -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            conn.close()
+
+    def close(self) -> None:
+        self.tcp.close()
+        self.unix.close()
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +138,16 @@ def tiny_graded(tmp_path_factory):
     source = nbu.read_nb(course / "source" / gf.TINY_LAB / f"{gf.TINY_LAB}.ipynb")
     release = nbu.read_nb(course / "release" / gf.TINY_LAB / f"{gf.TINY_LAB}.ipynb")
     subs = root / "subs"
+    marker = uuid.uuid4().hex[:12]
+    listener = _Listener(Path(f"/tmp/ag-sock-{marker}"))
+    targets = [f"/tmp/ag-pwned-{marker}", str(course / f"pwned-{marker}"), str(root / f"pwned-{marker}"),
+               str(REPO / "notebooks" / f"pwned-{marker}"), str(subs / "reference" / f"pwned-{marker}")]
+    secrets = [str(course / "gradebook.db"), str(course / "source" / gf.TINY_LAB / f"{gf.TINY_LAB}.ipynb"),
+               str(course / "judge" / f"{gf.TINY_LAB}.json"), str(REPO / "notebooks" / "README.md"),
+               str(subs / "reference" / gf.TINY_LAB / f"{gf.TINY_LAB}.ipynb"), "/root/.bash_history"]
+    sleep = str(900_000 + int(marker[:4], 16))
+    escape = {"targets": targets, "secrets": secrets, "grader_pid": os.getpid(), "sock": f"/tmp/ag-sock-{marker}",
+              "port": listener.port, "repo": str(REPO)}
     cases = {
         "reference": gf.Case(gf.reference(source)),
         "blank": gf.Case(release, zero=("*",)),
@@ -113,17 +157,26 @@ def tiny_graded(tmp_path_factory):
                                                    "def mean(xs):\n    return sum(xs) // len(xs)"),
                                zero=("test_mean",)),
         "late": gf.Case(gf.reference(source), timestamp="2025-03-02 13:00:00 UTC"),  # 2 started days late
+        "Zoë O'Brien, Jr": gf.Case(gf.reference(source)),
+        "a..b": gf.Case(gf.reference(source), zero=("*",), graded=False, problem="refused"),
+        "symlinked": gf.Case(None, zero=("*",), graded=False, problem="symlink"),
     }
     cases.update(gf.hostile_class(gf.TINY_LAB, source, release,
                                   hide_paths=[str(course / "gradebook.db"), str(notebooks), str(subs)],
                                   loop_name="mean"))
+    cases.update(gf.attack_class(gf.TINY_LAB, source, release, escape, sleep))
     for student, case in cases.items():
         gf.write_submission(subs, student, case.lab or gf.TINY_LAB, case.nb, case.filename, case.timestamp)
+    (subs / "symlinked" / gf.TINY_LAB / f"{gf.TINY_LAB}.ipynb").symlink_to(
+        course / "source" / gf.TINY_LAB / f"{gf.TINY_LAB}.ipynb")
     out = root / "out"
-    # the tiny source notebooks live outside the repo's notebooks/, so name them as hidden too
-    G.grade(subs, out, course, workers=2, deadline=DEADLINE, late_penalty_per_day=0.1, quiet=True,
-            extra_hide=[notebooks])
-    return {"root": root, "course": course, "cases": cases, "out": out, "source": source, "release": release}
+    try:
+        G.grade(subs, out, course, workers=2, deadline=DEADLINE, late_penalty_per_day=0.1, quiet=True,
+                cell_timeout=10)
+    finally:
+        listener.close()
+    return {"root": root, "course": course, "cases": cases, "out": out, "source": source, "release": release,
+            "targets": targets, "listener": listener, "sleep": sleep, "subs": subs}
 
 
 def _read_csv(path: Path) -> list[dict]:
@@ -132,7 +185,7 @@ def _read_csv(path: Path) -> list[dict]:
 
 
 def test_tiny_class_exact_cell_scores(tiny_graded):
-    cells = G.lab_cells(tiny_graded["course"], gf.TINY_LAB)
+    cells = lab_cells(tiny_graded["course"], gf.TINY_LAB)
     rows = _read_csv(tiny_graded["out"] / "cell_scores.csv")
     got = {(r["student_id"], r["grade_id"]): r["score"] for r in rows}
     assert {s for s, _ in got} == set(tiny_graded["cases"])
@@ -144,7 +197,7 @@ def test_tiny_class_exact_cell_scores(tiny_graded):
 
 def test_tiny_class_totals_problems_and_late_penalty(tiny_graded):
     rows = {r["student_id"]: r for r in _read_csv(tiny_graded["out"] / "grades.csv")}
-    assert list(rows["reference"].keys()) == G.GRADES_COLUMNS
+    assert list(rows["reference"].keys()) == report.GRADES_COLUMNS
     assert float(rows["reference"]["raw_score"]) == 3.0 and float(rows["reference"]["max_score"]) == 4.0
     assert float(rows["late"]["late_submission_penalty"]) == pytest.approx(0.6)
     assert float(rows["late"]["score"]) == pytest.approx(2.4)
@@ -169,7 +222,7 @@ def test_tiny_feedback_has_no_hidden_tests_or_solutions(tiny_graded):
     secrets = [ln for ln in nbu.hidden_test_lines(source) + nbu.solution_lines(source) if ln not in visible]
     assert secrets  # the check below is not vacuous
     files = sorted((tiny_graded["out"] / "feedback").rglob("*.html"))
-    assert len(files) >= len(tiny_graded["cases"]) - 3
+    assert len(files) == sum(case.graded for case in tiny_graded["cases"].values())
     for path in files:
         text = path.read_text()
         leaks = nbu.find_leaks(text, [s for s in nbu.hidden_only_lines(source) if s not in visible])
@@ -199,3 +252,113 @@ def test_validate_cli_exit_codes(tiny_graded, tmp_path):
     assert run(ref).returncode == 0
     res = run(blank)
     assert res.returncode == 1 and res.stdout.strip()
+
+
+# ------------------------------------------------------------------ attacks (issue "Grades nobody can forge")
+
+def _feedback(tiny_graded, student: str) -> str:
+    import html
+
+    path = tiny_graded["out"] / "feedback" / _safe(tiny_graded, student) / gf.TINY_LAB / f"{gf.TINY_LAB}.html"
+    return html.unescape(path.read_text(encoding="utf-8"))
+
+
+def _safe(tiny_graded, student: str) -> str:
+    return next(p.name for p in (tiny_graded["out"] / "feedback").iterdir()
+                if p.name == student or p.name.startswith(student[:3].lower()))
+
+
+def test_attacks_wrote_nothing_outside_their_jobs_and_reached_nothing(tiny_graded):
+    for target in tiny_graded["targets"]:
+        assert not Path(target).exists(), target
+    assert not list(Path.home().glob(".ipython/profile_default/startup/00-evil.py"))
+    assert tiny_graded["listener"].accepted == 0
+    left = subprocess.run(["pgrep", "-f", f"sleep {tiny_graded['sleep']}"], capture_output=True, text=True)
+    assert left.stdout.strip() == "", "sleepers outlived their sandbox"
+    mine = [p for p in Path("/tmp").glob("autograder-work-*") if (p / "pid").is_file()
+            and (p / "pid").read_text() == str(os.getpid())]
+    assert mine == [], "the grader left its work folder"
+    assert not list(tiny_graded["out"].rglob("*.ipynb")), "a submission was left in --out"
+
+
+def test_escape_attempts_in_the_kernel_all_blocked(tiny_graded):
+    import re
+
+    text = _feedback(tiny_graded, "escape_kernel")
+    found = json.loads(re.search(r"ESCAPE (\{.*?\})\s*$", text, re.M).group(1))
+    assert found["uid"] == 65534 and found["gid"] == 65534
+    assert int(found["capeff"], 16) == 0 and found["nonewprivs"] == "1"
+    assert found["max_pid"] < 100  # its own PID namespace
+    allowed = {"PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "LC_CTYPE", "MPLCONFIGDIR", "NBGRADER_EXECUTION",
+               "OMP_NUM_THREADS", "MKL_NUM_THREADS", "MPLBACKEND", "PYTHONWARNINGS", "TQDM_DISABLE",
+               "PYTHONDONTWRITEBYTECODE", "PYTHONHASHSEED", "PWD", "JPY_PARENT_PID", "JPY_SESSION_NAME",
+               "PYDEVD_USE_FRAME_EVAL", "SHLVL", "_", "CLICOLOR", "CLICOLOR_FORCE", "FORCE_COLOR", "PAGER", "GIT_PAGER",
+               "MPLBACKEND", "TERM"}
+    assert set(found["env"]) <= allowed, set(found["env"]) - allowed
+    for key, value in found.items():
+        if key.startswith(("read ", "umount2", "mount", "unshare", "setns", "setuid", "kill", "unix", "tcp",
+                           "internet", "git", "other jobs")):
+            assert value.startswith("blocked"), (key, value)
+    # its parent is the sandbox's own init: that root is the sandbox again (the venv and labkit only)
+    assert found["parent root"].startswith("blocked") or "notebooks" not in found["parent root"]
+
+
+def test_hidden_checks_never_reach_the_kernel_or_feedback(tiny_graded):
+    import base64
+    import re
+
+    text = _feedback(tiny_graded, "leak_in")
+    assert "LEAKIN" in text
+    payload = re.search(r"LEAKB64 ([A-Za-z0-9+/=]+)", text).group(1)
+    decoded = base64.b64decode(payload).decode(errors="replace")
+    assert "hidden_checks" not in decoded and "rec.check" not in decoded
+    for path in (tiny_graded["out"] / "feedback").rglob("*.html"):
+        assert "rec.check" not in path.read_text(errors="replace"), path
+
+
+def test_feedback_is_sanitised_and_capped(tiny_graded):
+    import re
+
+    text = (tiny_graded["out"] / "feedback" / "xss" / gf.TINY_LAB / f"{gf.TINY_LAB}.html").read_text()
+    # the student's code is shown escaped (&lt;svg onload=...): only live markup counts
+    assert re.findall(r"<[a-zA-Z][^>]*\son[a-z]+\s*=", text) == []
+    for bad in ("<script", "<iframe", 'href="javascript:', "alert(2)"):
+        assert bad not in text, bad
+    assert "bold" in text  # ordinary HTML output survives
+    huge = tiny_graded["out"] / "feedback" / "huge_line" / gf.TINY_LAB / f"{gf.TINY_LAB}.html"
+    assert huge.stat().st_size < 9 * 1024 * 1024
+
+
+def test_verdicts_shown_under_test_cells(tiny_graded):
+    assert "all 2 hidden checks passed" in _feedback(tiny_graded, "reference")
+    assert "Grader: 0 / 1 points — hidden check failed: add(1, 2)" in _feedback(tiny_graded, "mutant_add")
+
+
+def test_a_killed_run_resumes_and_leaves_no_submission_in_out(tiny_graded, tmp_path):
+    import signal
+    import time
+
+    subs = tmp_path / "subs"
+    ref = gf.reference(tiny_graded["source"])
+    for i in range(4):
+        gf.write_submission(subs, f"s{i}", gf.TINY_LAB, ref)
+    out = tmp_path / "out"
+    env = dict(os.environ, PATH=VENV_BIN + os.pathsep + os.environ["PATH"])
+    proc = subprocess.Popen([sys.executable, "-m", "autograder", "grade", str(subs), "--out", str(out),
+                             "--course-dir", str(tiny_graded["course"]), "--workers", "1"],
+                            cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not list(out.glob(".state/*/*.json")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = {p: p.stat().st_mtime_ns for p in out.glob(".state/*/*.json")}
+    assert 1 <= len(finished) < 4
+    assert not list(out.rglob("*.ipynb")) and not (out / "grades.csv").exists()
+    rows = G.grade(subs, out, tiny_graded["course"], workers=2, quiet=True, progress=False)
+    assert [r["raw_score"] for r in rows] == ["3.0"] * 4
+    assert all(p.stat().st_mtime_ns == t for p, t in finished.items())  # not graded again
+    assert not list(out.rglob("*.ipynb"))
+    assert not [p for p in Path("/tmp").glob("autograder-work-*") if (p / "pid").is_file()
+                and int((p / "pid").read_text()) == proc.pid]  # the killed run's work folder was swept

@@ -17,6 +17,7 @@ import pytest
 
 import grading_fixtures as gf
 from autograder import grade as G
+from autograder.job import lab_cells
 from autograder import notebook as nbu
 from autograder.release import build_bundle, build_course, scan_for_leaks
 
@@ -57,6 +58,9 @@ def graded(tmp_path_factory):
     for student, case in gf.hostile_class(HOSTILE_LAB, src[HOSTILE_LAB], rel[HOSTILE_LAB], hide,
                                           other_lab_nb=src[OTHER_LAB], patch_mutant=PATCH_MUTANT).items():
         cases[(student, HOSTILE_LAB)] = case
+    # lab 6's tests use labkit.checks: patching every check function with a blank notebook scores nothing
+    cases[("patch_checks", HOSTILE_LAB)] = gf.Case(gf.insert_after(rel[HOSTILE_LAB], "setup", gf.PATCH_CHECKS),
+                                                   zero=("*",))
     cases[("late", HOSTILE_LAB)] = gf.Case(gf.reference(src[HOSTILE_LAB]), timestamp="2025-03-03 13:00:00 UTC")
     for (student, lab), case in cases.items():
         gf.write_submission(subs, student, lab, case.nb, case.filename, case.timestamp)
@@ -78,7 +82,7 @@ def test_exact_cell_scores(graded):
     got = {(r["student_id"], r["assignment"], r["grade_id"]): r["score"] for r in _csv(graded["out"] / "cell_scores.csv")}
     wrong = []
     for (student, lab), case in graded["cases"].items():
-        for gid, want in gf.expected_scores(case, G.lab_cells(graded["course"], lab)).items():
+        for gid, want in gf.expected_scores(case, lab_cells(graded["course"], lab)).items():
             have = got.get((student, lab, gid))
             if have in (None, "") or float(have) != want:
                 wrong.append((student, lab, gid, have, want))

@@ -25,6 +25,7 @@ import pytest
 
 import grading_fixtures as gf
 from autograder import grade as G
+from autograder.job import lab_cells
 from autograder import notebook as nbu
 from autograder.release import build_course
 
@@ -126,7 +127,7 @@ def _grade_class(root: Path, db_url: str) -> dict:
         gf.write_submission(subs, student, gf.TINY_LAB, case.nb, timestamp=case.timestamp)
     out = root / "out"
     rows = G.grade(subs, out, course, workers=2, deadline=DEADLINE, late_penalty_per_day=0.1, db_url=db_url,
-                   quiet=True, progress=False, extra_hide=[notebooks])
+                   quiet=True, progress=False)
     return {"course": course, "cases": cases, "out": out, "rows": rows}
 
 
@@ -173,7 +174,7 @@ def test_postgres_csv_outputs_equal_sqlite(both):
 def test_postgres_gradebook_holds_merged_results(both):
     pg = _gradebook_contents(both["pg_url"])
     assert set(pg) == set(both["pg"]["cases"])
-    cells = G.lab_cells(both["pg"]["course"], gf.TINY_LAB)
+    cells = lab_cells(both["pg"]["course"], gf.TINY_LAB)
     for student, case in both["pg"]["cases"].items():
         for gid, want in gf.expected_scores(case, cells).items():
             assert pg[student]["cells"][gid][0] == want, (student, gid, pg[student]["cells"][gid])

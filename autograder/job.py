@@ -1,0 +1,307 @@
+"""One grading job: a (student, lab) submission through nbgrader, the sandbox and the judge.
+
+``python -m autograder.worker TICKET`` runs :func:`run_ticket` in a fresh process (started by
+:func:`autograder.grade.grade`), so a crash or a memory blow-up of the grading machinery stays in
+it. The steps, each under its own error handling so that a failure is this job's problem line:
+
+1. **prepare**: a private course folder ``<work>/jobs/<k>/`` (the lab's source files without
+   notebooks, the sanitised submission, a copy of the gradebook), created only now and deleted
+   at the end, so a job's files exist only while it runs;
+2. **execute**: nbgrader ``autograde`` with the hidden-test regions removed before execution
+   (they never reach the student's kernel) and the kernel in the sandbox (:mod:`autograder.sandbox`);
+3. **probe**: the hidden checks over the student's solution cells, in a second sandbox
+   (:mod:`autograder.probe`);
+4. **judge**: the records against the reference's (:mod:`autograder.judge`); the judge's
+   points replace nbgrader's for every autograded test cell in the job's gradebook;
+5. **feedback**: the verdicts shown under each test cell, hidden tests scrubbed, HTML sanitised.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import time
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from autograder import notebook as nbu
+from autograder.collect import Job, load_notebook, sanitize_notebook
+
+KERNEL_NAME = "ag-sandbox"
+PROBE_TIMEOUT_S = 300
+
+
+def lab_cells(course: Path, lab: str) -> list[dict]:
+    """Graded cells of ``lab`` in notebook order: ``{notebook, grade_id, max_score, auto}``."""
+    nb = nbu.read_nb(course / "source" / lab / f"{lab}.ipynb")
+    out = []
+    for cell in nb["cells"]:
+        meta = nbu.nbgrader_meta(cell)
+        if meta.get("grade"):
+            out.append({"notebook": lab, "grade_id": meta["grade_id"], "max_score": nbu.points(cell),
+                        "auto": cell.get("cell_type") == "code"})
+    return out
+
+
+# ---------------------------------------------------------------------------- prepare
+
+def prepare(job: Job, jdir: Path, course: Path, gradebook: Path) -> Path:
+    """Create the job's private course folder in ``jdir``; returns the submitted notebook's path."""
+    if jdir.exists():
+        shutil.rmtree(jdir)
+    croot = jdir / "course"
+    # Only the lab's extra files (checkpoints): the kernel never needs the source notebook.
+    shutil.copytree(course / "source" / job.lab, croot / "source" / job.lab,
+                    ignore=shutil.ignore_patterns("*.ipynb", ".ipynb_checkpoints", "__pycache__"))
+    sub = croot / "submitted" / job.safe_id / job.lab
+    sub.mkdir(parents=True)
+    source_nb = nbu.read_nb(course / "source" / job.lab / f"{job.lab}.ipynb")
+    nb, problems = sanitize_notebook(load_notebook(Path(job.notebook)), source_nb)
+    job.problems.extend(problems)
+    path = sub / f"{job.lab}.ipynb"
+    nbu.write_json_atomic(path, nb)
+    if job.timestamp:
+        (sub / "timestamp.txt").write_text(job.timestamp + "\n")
+    shutil.copyfile(gradebook, jdir / "gradebook.db")
+    return path
+
+
+# ---------------------------------------------------------------------------- execute
+
+def _sandbox_spec(name: str, cwd: Path, rw: list[Path], ticket: dict):
+    from autograder.sandbox import GiB, SandboxSpec
+
+    return SandboxSpec(name=name, cwd=str(cwd), rw=[str(p) for p in rw], ro=[], env={},
+                       mem_bytes=int(ticket.get("mem_bytes") or 2 * GiB),
+                       cpu_seconds=int(ticket.get("job_timeout", 600)))
+
+
+def _nbgrader_config(jdir: Path, ticket: dict, kernel_name: str | None, run_dir: Path | None):
+    from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, ClearHiddenTests, ClearOutput,
+                                        DeduplicateIds, IgnorePattern, LimitOutput, OverwriteCells,
+                                        OverwriteKernelspec, SaveAutoGrades)
+    from nbconvert.preprocessors import ClearMetadataPreprocessor
+
+    from autograder.config import CELL_TIMEOUT_S, make_config
+    from autograder.execute import GuardedExecute
+    from autograder.feedback import LimitOutputBytes, feedback_config
+
+    config = make_config(jdir / "course", db_url=f"sqlite:///{jdir / 'gradebook.db'}", kernel_name=kernel_name,
+                         late_penalty_per_day=float(ticket.get("late_penalty_per_day", 0.0)), ipc_dir=run_dir,
+                         cell_timeout=int(ticket.get("cell_timeout") or CELL_TIMEOUT_S))
+    # Hidden tests are cut out after OverwriteCells restored the test cells and before anything
+    # runs: the student's kernel never holds them (the judge runs them elsewhere).
+    config.Autograde.sanitize_preprocessors = [ClearOutput, DeduplicateIds, OverwriteKernelspec, OverwriteCells,
+                                               ClearHiddenTests, CheckCellMetadata]
+    config.Autograde.autograde_preprocessors = [GuardedExecute, IgnorePattern, ClearMetadataPreprocessor,
+                                                LimitOutput, LimitOutputBytes, SaveAutoGrades,
+                                                AssignLatePenalties, CheckCellMetadata]
+    # A plain cell holding a copy of a test cell (a duplicated or renamed grade id) is cleared too.
+    config.ClearHiddenTests.enforce_metadata = False
+    feedback_config(config)
+    return config
+
+
+def execute(job: Job, jdir: Path, ticket: dict) -> tuple[Any, Any, str | None]:
+    """nbgrader autograde in the sandboxed kernel; returns ``(api, config, problem or None)``."""
+    from nbgrader.apps import NbGraderAPI
+    from nbgrader.coursedir import CourseDirectory
+
+    run_dir = jdir / "run"
+    run_dir.mkdir(exist_ok=True)
+    os.environ["JUPYTER_RUNTIME_DIR"] = str(run_dir)
+    kernel_name = None
+    if ticket.get("sandbox", True):
+        from autograder.sandbox import write_kernelspec
+
+        cwd = jdir / "course" / "autograded" / job.safe_id / job.lab
+        spec = _sandbox_spec(ticket["sandbox_name"] + "-k", cwd, [run_dir], ticket)
+        spec.write(jdir / "kernel-sandbox.json")
+        write_kernelspec(jdir / "jupyter" / "kernels", KERNEL_NAME, jdir / "kernel-sandbox.json")
+        os.environ["JUPYTER_PATH"] = str(jdir / "jupyter")
+        kernel_name = KERNEL_NAME
+    config = _nbgrader_config(jdir, ticket, kernel_name, run_dir if kernel_name else None)
+    api = NbGraderAPI(coursedir=CourseDirectory(config=config), config=config)
+    api.log.setLevel(logging.ERROR)
+    try:
+        res = api.autograde(job.lab, job.safe_id)
+    finally:
+        if kernel_name:
+            from autograder.sandbox import Limits
+
+            Limits.detect().kill(ticket["sandbox_name"] + "-k")
+    if res.get("success"):
+        return api, config, None
+    (jdir / "nbgrader.log").write_text(str(res.get("log")) + "\n" + str(res.get("error")))
+    return api, config, "running the notebook failed: " + error_line(res.get("log") or "", res.get("error") or "")
+
+
+# ---------------------------------------------------------------------------- probe and judge
+
+def probe(job: Job, jdir: Path, submitted: Path, source_nb: dict, ticket: dict) -> tuple[dict, str | None]:
+    """Run the hidden checks over the student's solution cells in a fresh sandbox; their records."""
+    from autograder import judge
+
+    pdir = jdir / "probe"
+    pdir.mkdir()
+    from autograder.config import CELL_TIMEOUT_S, TEST_CELL_TIMEOUT_S
+
+    limit = int(ticket.get("cell_timeout") or CELL_TIMEOUT_S)
+    spec = judge.probe_spec(source_nb, nbu.read_nb(submitted), test_timeout=min(TEST_CELL_TIMEOUT_S, limit),
+                            cell_timeout=limit)
+    nbu.write_json_atomic(pdir / "spec.json", spec)
+    shutil.copyfile(judge.PROBE_SCRIPT, pdir / "probe.py")
+    os.chmod(pdir, 0o777)  # the sandbox's user writes its record here
+    cmd = [sys.executable, str(pdir / "probe.py"), str(pdir / "spec.json"), str(pdir / "out.jsonl")]
+    timeout = float(ticket.get("probe_timeout", PROBE_TIMEOUT_S))
+    if ticket.get("sandbox", True):
+        from autograder.sandbox import run_sandboxed
+
+        sspec = _sandbox_spec(ticket["sandbox_name"] + "-p", pdir, [], ticket)
+        sspec.env.update(judge.probe_env())
+        rc, timed_out = run_sandboxed(sspec, cmd, timeout, jdir / "probe.log")
+    else:
+        import subprocess
+
+        env = dict(os.environ, **judge.probe_env())
+        try:
+            with open(jdir / "probe.log", "wb") as log:
+                rc = subprocess.run(cmd, cwd=pdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    timeout=timeout).returncode
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            rc, timed_out = None, True
+    problem = f"the hidden checks took longer than {timeout:.0f} s in all and were stopped" if timed_out else None
+    return judge.read_records(pdir / "out.jsonl"), problem
+
+
+def save_scores(config: Any, job: Job, verdicts: dict[str, dict]) -> None:
+    """Write the judge's points into the job's gradebook (nbgrader's own scores are replaced)."""
+    from nbgrader.api import Gradebook, MissingEntry
+
+    with Gradebook(config.CourseDirectory.db_url, config.CourseDirectory.course_id) as gb:
+        for gid, v in verdicts.items():
+            try:
+                grade = gb.find_grade(gid, job.lab, job.lab, job.safe_id)
+            except MissingEntry:
+                continue
+            grade.auto_score = v["points"]
+            grade.needs_manual_grade = False
+        gb.db.commit()
+
+
+def read_scores(config: Any, job: Job, result: dict) -> None:
+    """Copy the submission's per-cell scores and totals from the job's gradebook into ``result``."""
+    from nbgrader.api import Gradebook
+
+    with Gradebook(config.CourseDirectory.db_url, config.CourseDirectory.course_id) as gb:
+        sub = gb.find_submission(job.lab, job.safe_id)
+        for snb in sub.notebooks:
+            for g in snb.grades:
+                scored = g.auto_score is not None or g.manual_score is not None
+                result["cells"][g.name] = {"score": g.score if scored else None, "max_score": g.max_score,
+                                           "needs_manual": bool(g.needs_manual_grade)}
+        result.update(graded=True, raw_score=sub.score, max_score=sub.max_score,
+                      late_submission_penalty=sub.late_submission_penalty or 0.0,
+                      timestamp=str(sub.timestamp) if sub.timestamp else "",
+                      duedate=str(sub.duedate) if sub.duedate else "")
+
+
+# ---------------------------------------------------------------------------- feedback
+
+def feedback(api: Any, job: Job, jdir: Path, source_nb: dict, verdicts: dict[str, dict], out: Path) -> str | None:
+    """Render the student's feedback HTML into ``out``; returns a problem line or None."""
+    from autograder import feedback as fb
+
+    agnb = jdir / "course" / "autograded" / job.safe_id / job.lab / f"{job.lab}.ipynb"
+    if not agnb.is_file():
+        return "no feedback: the notebook was not executed"
+    fb.strip_hidden_tests(agnb, nbu.hidden_test_lines(source_nb), verdicts=verdicts)
+    res = api.generate_feedback(job.lab, job.safe_id)
+    html = jdir / "course" / "feedback" / job.safe_id / job.lab / f"{job.lab}.html"
+    if not (res.get("success") and html.is_file()):
+        return "feedback failed: " + last_line(res.get("error") or "")
+    fb.sanitize_feedback_file(html)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(html, out.with_suffix(".tmp"))
+    os.replace(out.with_suffix(".tmp"), out)
+    return None
+
+
+# ---------------------------------------------------------------------------- the job
+
+def run_job(ticket: dict) -> dict:
+    """Grade one ticket (see :func:`autograder.grade.grade`); returns the result dict."""
+    job = Job(**ticket["job"])
+    course, work = Path(ticket["course"]), Path(ticket["work"])
+    jdir = work / "jobs" / ticket["key"]
+    result: dict[str, Any] = {"student": job.student, "lab": job.lab, "problems": job.problems,
+                              "cells": {}, "graded": False, "seconds": 0.0}
+    t0 = time.perf_counter()
+    try:
+        submitted = prepare(job, jdir, course, Path(ticket["gradebook"]))
+        source_nb = nbu.read_nb(course / "source" / job.lab / f"{job.lab}.ipynb")
+        api, config, problem = execute(job, jdir, ticket)
+        if problem:
+            job.problems.append(problem)
+        records, problem = probe(job, jdir, submitted, source_nb, ticket)
+        if problem:
+            job.problems.append(problem)
+        from autograder import judge
+
+        expected = json.loads((course / "judge" / f"{job.lab}.json").read_text())
+        maxp = {c["grade_id"]: c["max_score"] for c in lab_cells(course, job.lab)}
+        verdicts = judge.judge_cells(expected, records, maxp)
+        save_scores(config, job, verdicts)
+        read_scores(config, job, result)
+        result["verdicts"] = {gid: v["message"] for gid, v in verdicts.items()}
+        fb_path = Path(ticket["feedback"])
+        problem = feedback(api, job, jdir, source_nb, verdicts, fb_path)
+        if problem:
+            job.problems.append(problem)
+        else:
+            result["feedback"] = str(fb_path)
+    except Exception as exc:  # noqa: BLE001 - any failure is this submission's problem, never the run's
+        job.problems.append(f"grader error: {type(exc).__name__}: {str(exc)[:200]}")
+    finally:
+        if not os.environ.get("AUTOGRADER_KEEP_WORK"):
+            shutil.rmtree(jdir, ignore_errors=True)
+    result["seconds"] = round(time.perf_counter() - t0, 3)
+    result["problems"] = job.problems
+    return result
+
+
+def make_ticket(job: Job, k: int, course: Path, work: Path, out: Path, gradebook: Path, options: dict) -> dict:
+    """What a worker needs to grade ``job`` (written as JSON; read by :func:`run_ticket`)."""
+    key = f"{k:05d}"
+    return dict(options, job=asdict(job), key=key, course=str(course), work=str(work), gradebook=str(gradebook),
+                feedback=str(out / "feedback" / job.safe_id / job.lab / f"{job.lab}.html"),
+                sandbox_name=f"ag-{key}-{uuid.uuid4().hex[:8]}")
+
+
+def run_ticket(path: Path) -> int:
+    """``python -m autograder.worker TICKET``: grade and write ``TICKET`` with ``.result.json``."""
+    ticket = json.loads(Path(path).read_text())
+    result = run_job(ticket)
+    nbu.write_json_atomic(Path(path).with_suffix(".result.json"), result)
+    return 0
+
+
+def error_line(log: str, error: str) -> str:
+    """The most telling line of a failed nbgrader run (its log holds the real exception)."""
+    for text in (log, error):
+        for line in reversed(str(text).splitlines()):
+            if re.search(r"(Error|Exception)\b.*:", line) and "NbGraderException" not in line:
+                return line.strip()[:200]
+    return last_line(error or log)
+
+
+def last_line(text: str) -> str:
+    """The last non-blank line of ``text`` (≤ 200 characters), or "unknown error"."""
+    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
+    return lines[-1][:200] if lines else "unknown error"
