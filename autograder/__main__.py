@@ -45,7 +45,8 @@ def cmd_release(args: argparse.Namespace) -> int:
 
 
 def cmd_grade(args: argparse.Namespace) -> int:
-    from autograder.grade import GradingError, grade
+    from autograder.errors import GradingError
+    from autograder.grade import grade
     from autograder.release import ReleaseError, build_course
 
     labs = _lab_arg(args.lab)

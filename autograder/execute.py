@@ -10,6 +10,7 @@ decided by :mod:`autograder.judge` anyway, outside the kernel).
 from __future__ import annotations
 
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
+from traitlets import Unicode
 from nbclient.util import run_sync
 from nbformat.notebooknode import NotebookNode
 from nbgrader.preprocessors import Execute
@@ -24,9 +25,16 @@ class GuardedExecute(Execute):
     """:class:`nbgrader.preprocessors.Execute` that never lets one cell stop the notebook."""
 
     _stopped: str | None = None
+    workdir = Unicode("", help="the kernel's working folder (default: the notebook's own folder)").tag(config=True)
 
     def preprocess(self, nb, resources=None, km=None):
+        # The kernel works in a folder of its own, never in the folder nbgrader writes the graded
+        # notebook to: a symlink planted there by student code would otherwise be followed by
+        # nbgrader (as the grader's user) when it saves the result.
         self._stopped = None
+        if self.workdir:
+            resources = dict(resources or {})
+            resources["metadata"] = dict(resources.get("metadata") or {}, path=self.workdir)
         return super().preprocess(nb, resources, km)
 
     def preprocess_cell(self, cell, resources, index):

@@ -28,8 +28,10 @@ from pathlib import Path
 
 from autograder import notebook as nbu
 from autograder import report
-from autograder.collect import GradingError, Job, collect, load_notebook, notebook_grade_ids
-from autograder.job import lab_cells, last_line, make_ticket
+from autograder.collect import Job, collect
+from autograder.errors import GradingError
+from autograder.job import lab_cells, last_line, make_ticket, remove_tree
+from autograder.submission import load_notebook, notebook_grade_ids
 
 JOB_TIMEOUT_S = 600
 STATE = ".state"
@@ -115,7 +117,7 @@ def _run_worker(ticket_path: Path, timeout: float, env: dict) -> dict:
             proc.wait()
             reason = f"grading took longer than {timeout:.0f} s and was stopped"
     if ticket.get("sandbox", True):
-        from autograder.sandbox import Limits
+        from autograder.limits import Limits
 
         for suffix in ("-k", "-p"):  # whatever a killed worker left in its sandboxes
             Limits.detect().kill(ticket["sandbox_name"] + suffix)
@@ -173,7 +175,9 @@ def grade(submissions: Path, out: Path, course: Path, labs: list[str] | None = N
     course_labs = _check_course(course, labs)
     labs = labs or course_labs
     if sandbox:
-        from autograder.sandbox import Limits, SandboxSpec, sandbox_check
+        from autograder.limits import Limits
+        from autograder.sandbox import sandbox_check
+        from autograder.sandbox_spec import SandboxSpec
 
         problem = sandbox_check()
         if problem:
@@ -203,7 +207,7 @@ def grade(submissions: Path, out: Path, course: Path, labs: list[str] | None = N
             report.merge_gradebook(results, db_url)
     finally:
         if not os.environ.get("AUTOGRADER_KEEP_WORK"):  # debugging: keep the job folders
-            shutil.rmtree(work, ignore_errors=True)
+            remove_tree(work)
     if not quiet:
         print(report.summary_table(rows))
     return rows
@@ -212,7 +216,11 @@ def grade(submissions: Path, out: Path, course: Path, labs: list[str] | None = N
 def sweep_stale_work(tmp: Path | None = None) -> list[Path]:
     """Remove the work folders of grading runs that were killed (their pid is gone); returns them."""
     removed = []
-    for folder in Path(tmp or tempfile.gettempdir()).glob(WORK_PREFIX + "*"):
+    try:
+        folders = list(Path(tmp or tempfile.gettempdir()).glob(WORK_PREFIX + "*"))
+    except OSError:
+        return removed
+    for folder in folders:
         try:
             pid = int((folder / "pid").read_text())
             os.kill(pid, 0)
@@ -221,7 +229,7 @@ def sweep_stale_work(tmp: Path | None = None) -> list[Path]:
             pass
         except (OSError, ValueError):
             continue  # not ours to judge (no pid file yet, or not readable)
-        shutil.rmtree(folder, ignore_errors=True)
+        remove_tree(folder)
         removed.append(folder)
     return removed
 

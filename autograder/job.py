@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import shutil
+import subprocess
 import sys
 import time
 import uuid
@@ -30,10 +31,48 @@ from pathlib import Path
 from typing import Any
 
 from autograder import notebook as nbu
-from autograder.collect import Job, load_notebook, sanitize_notebook
+from autograder.collect import Job
+from autograder.submission import load_notebook, sanitize_notebook
 
 KERNEL_NAME = "ag-sandbox"
 PROBE_TIMEOUT_S = 300
+DISK_BYTES = 512 * 1024 ** 2  # each sandbox's writable folder (a tmpfs, see scratch())
+
+_CLONE_NEWNS, _MS_NOSUID, _MS_NODEV, _MS_REC, _MS_PRIVATE = 0x20000, 2, 4, 16384, 1 << 18
+
+
+def private_mounts() -> bool:
+    """Give this worker process a mount namespace of its own (call it first, single-threaded).
+
+    The size-capped folders of :func:`scratch` are then mounted there only: nobody else sees
+    them, and they vanish with the worker, however deep or large a sandbox made them.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if os.geteuid() != 0 or libc.unshare(_CLONE_NEWNS) != 0:
+        return False
+    return libc.mount(b"none", b"/", None, _MS_REC | _MS_PRIVATE, None) == 0
+
+
+def scratch(path: Path, size: int) -> None:
+    """Create ``path`` as a tmpfs of ``size`` bytes when this worker has private mounts, else a folder.
+
+    A sandbox's writable folder lives there, so filling the disk stops at ``size`` (ENOSPC) and
+    the pages count against the sandbox's memory cap too.
+    """
+    import ctypes
+
+    path.mkdir(parents=True, exist_ok=True)
+    if not _PRIVATE_MOUNTS:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(b"agscratch", str(path).encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV,
+                  f"size={int(size)},mode=0755".encode()) != 0:
+        raise OSError(ctypes.get_errno(), f"cannot mount a tmpfs on {path}")
+
+
+_PRIVATE_MOUNTS = False
 
 
 def lab_cells(course: Path, lab: str) -> list[dict]:
@@ -74,7 +113,7 @@ def prepare(job: Job, jdir: Path, course: Path, gradebook: Path) -> Path:
 # ---------------------------------------------------------------------------- execute
 
 def _sandbox_spec(name: str, cwd: Path, rw: list[Path], ticket: dict):
-    from autograder.sandbox import GiB, SandboxSpec
+    from autograder.sandbox_spec import GiB, SandboxSpec
 
     return SandboxSpec(name=name, cwd=str(cwd), rw=[str(p) for p in rw], ro=[], env={},
                        mem_bytes=int(ticket.get("mem_bytes") or 2 * GiB),
@@ -89,7 +128,8 @@ def _nbgrader_config(jdir: Path, ticket: dict, kernel_name: str | None, run_dir:
 
     from autograder.config import CELL_TIMEOUT_S, make_config
     from autograder.execute import GuardedExecute
-    from autograder.feedback import LimitOutputBytes, feedback_config
+    from autograder.feedback import feedback_config
+    from autograder.output_caps import LimitOutputBytes
 
     config = make_config(jdir / "course", db_url=f"sqlite:///{jdir / 'gradebook.db'}", kernel_name=kernel_name,
                          late_penalty_per_day=float(ticket.get("late_penalty_per_day", 0.0)), ipc_dir=run_dir,
@@ -113,26 +153,31 @@ def execute(job: Job, jdir: Path, ticket: dict) -> tuple[Any, Any, str | None]:
     from nbgrader.coursedir import CourseDirectory
 
     run_dir = jdir / "run"
-    run_dir.mkdir(exist_ok=True)
+    scratch(run_dir, 16 * 1024 ** 2)  # the kernel's ipc sockets: writable by the sandbox, so capped too
     os.environ["JUPYTER_RUNTIME_DIR"] = str(run_dir)
     kernel_name = None
     if ticket.get("sandbox", True):
         from autograder.sandbox import write_kernelspec
 
-        cwd = jdir / "course" / "autograded" / job.safe_id / job.lab
+        # the kernel's own folder with the lab's files (checkpoints), apart from nbgrader's output
+        cwd = jdir / "kernel"
+        scratch(cwd, int(ticket.get("disk_bytes") or DISK_BYTES))
+        shutil.copytree(jdir / "course" / "source" / job.lab, cwd, dirs_exist_ok=True)
         spec = _sandbox_spec(ticket["sandbox_name"] + "-k", cwd, [run_dir], ticket)
         spec.write(jdir / "kernel-sandbox.json")
         write_kernelspec(jdir / "jupyter" / "kernels", KERNEL_NAME, jdir / "kernel-sandbox.json")
         os.environ["JUPYTER_PATH"] = str(jdir / "jupyter")
         kernel_name = KERNEL_NAME
     config = _nbgrader_config(jdir, ticket, kernel_name, run_dir if kernel_name else None)
+    if kernel_name:
+        config.GuardedExecute.workdir = str(jdir / "kernel")
     api = NbGraderAPI(coursedir=CourseDirectory(config=config), config=config)
     api.log.setLevel(logging.ERROR)
     try:
         res = api.autograde(job.lab, job.safe_id)
     finally:
         if kernel_name:
-            from autograder.sandbox import Limits
+            from autograder.limits import Limits
 
             Limits.detect().kill(ticket["sandbox_name"] + "-k")
     if res.get("success"):
@@ -148,7 +193,7 @@ def probe(job: Job, jdir: Path, submitted: Path, source_nb: dict, ticket: dict) 
     from autograder import judge
 
     pdir = jdir / "probe"
-    pdir.mkdir()
+    scratch(pdir, int(ticket.get("disk_bytes") or DISK_BYTES))
     from autograder.config import CELL_TIMEOUT_S, TEST_CELL_TIMEOUT_S
 
     limit = int(ticket.get("cell_timeout") or CELL_TIMEOUT_S)
@@ -157,17 +202,18 @@ def probe(job: Job, jdir: Path, submitted: Path, source_nb: dict, ticket: dict) 
     nbu.write_json_atomic(pdir / "spec.json", spec)
     shutil.copyfile(judge.PROBE_SCRIPT, pdir / "probe.py")
     os.chmod(pdir, 0o777)  # the sandbox's user writes its record here
-    cmd = [sys.executable, str(pdir / "probe.py"), str(pdir / "spec.json"), str(pdir / "out.jsonl")]
+    # the record gets a small folder of its own: filling the working folder cannot stop it being written
+    rdir = pdir / "record"
+    scratch(rdir, 64 * 1024 ** 2)
+    cmd = [sys.executable, str(pdir / "probe.py"), str(pdir / "spec.json"), str(rdir / "out.jsonl")]
     timeout = float(ticket.get("probe_timeout", PROBE_TIMEOUT_S))
     if ticket.get("sandbox", True):
         from autograder.sandbox import run_sandboxed
 
-        sspec = _sandbox_spec(ticket["sandbox_name"] + "-p", pdir, [], ticket)
+        sspec = _sandbox_spec(ticket["sandbox_name"] + "-p", pdir, [rdir], ticket)
         sspec.env.update(judge.probe_env())
         rc, timed_out = run_sandboxed(sspec, cmd, timeout, jdir / "probe.log")
     else:
-        import subprocess
-
         env = dict(os.environ, **judge.probe_env())
         try:
             with open(jdir / "probe.log", "wb") as log:
@@ -176,13 +222,24 @@ def probe(job: Job, jdir: Path, submitted: Path, source_nb: dict, ticket: dict) 
             timed_out = False
         except subprocess.TimeoutExpired:
             rc, timed_out = None, True
-    problem = f"the hidden checks took longer than {timeout:.0f} s in all and were stopped" if timed_out else None
-    return judge.read_records(pdir / "out.jsonl"), problem
+    records = judge.read_records(rdir / "out.jsonl")
+    problem = None
+    if timed_out:
+        problem = f"the hidden checks took longer than {timeout:.0f} s in all and were stopped"
+    elif not records and rc != 0:
+        problem = f"the hidden checks could not run (exit code {rc})"
+    return records, problem
 
 
-def save_scores(config: Any, job: Job, verdicts: dict[str, dict]) -> None:
-    """Write the judge's points into the job's gradebook (nbgrader's own scores are replaced)."""
+def save_scores(config: Any, job: Job, verdicts: dict[str, dict], per_day: float) -> None:
+    """Write the judge's points into the job's gradebook (nbgrader's own scores are replaced).
+
+    The late penalty is computed again from those points: nbgrader computed it from the
+    kernel's scores, which the student's code controls (a kernel that exits early would dodge it).
+    """
     from nbgrader.api import Gradebook, MissingEntry
+
+    from autograder.config import PerDayPenalty
 
     with Gradebook(config.CourseDirectory.db_url, config.CourseDirectory.course_id) as gb:
         for gid, v in verdicts.items():
@@ -192,6 +249,12 @@ def save_scores(config: Any, job: Job, verdicts: dict[str, dict]) -> None:
                 continue
             grade.auto_score = v["points"]
             grade.needs_manual_grade = False
+        gb.db.commit()
+        sub = gb.find_submission(job.lab, job.safe_id)
+        late = sub.total_seconds_late or 0.0
+        for snb in sub.notebooks:
+            snb.late_submission_penalty = PerDayPenalty(per_day=per_day).late_submission_penalty(
+                job.safe_id, snb.score, late)
         gb.db.commit()
 
 
@@ -217,6 +280,7 @@ def read_scores(config: Any, job: Job, result: dict) -> None:
 def feedback(api: Any, job: Job, jdir: Path, source_nb: dict, verdicts: dict[str, dict], out: Path) -> str | None:
     """Render the student's feedback HTML into ``out``; returns a problem line or None."""
     from autograder import feedback as fb
+    from autograder.html_safety import sanitize_feedback_file
 
     agnb = jdir / "course" / "autograded" / job.safe_id / job.lab / f"{job.lab}.ipynb"
     if not agnb.is_file():
@@ -226,7 +290,7 @@ def feedback(api: Any, job: Job, jdir: Path, source_nb: dict, verdicts: dict[str
     html = jdir / "course" / "feedback" / job.safe_id / job.lab / f"{job.lab}.html"
     if not (res.get("success") and html.is_file()):
         return "feedback failed: " + last_line(res.get("error") or "")
-    fb.sanitize_feedback_file(html)
+    sanitize_feedback_file(html)
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(html, out.with_suffix(".tmp"))
     os.replace(out.with_suffix(".tmp"), out)
@@ -257,7 +321,7 @@ def run_job(ticket: dict) -> dict:
         expected = json.loads((course / "judge" / f"{job.lab}.json").read_text())
         maxp = {c["grade_id"]: c["max_score"] for c in lab_cells(course, job.lab)}
         verdicts = judge.judge_cells(expected, records, maxp)
-        save_scores(config, job, verdicts)
+        save_scores(config, job, verdicts, float(ticket.get("late_penalty_per_day", 0.0)))
         read_scores(config, job, result)
         result["verdicts"] = {gid: v["message"] for gid, v in verdicts.items()}
         fb_path = Path(ticket["feedback"])
@@ -270,7 +334,7 @@ def run_job(ticket: dict) -> dict:
         job.problems.append(f"grader error: {type(exc).__name__}: {str(exc)[:200]}")
     finally:
         if not os.environ.get("AUTOGRADER_KEEP_WORK"):
-            shutil.rmtree(jdir, ignore_errors=True)
+            remove_tree(jdir)
     result["seconds"] = round(time.perf_counter() - t0, 3)
     result["problems"] = job.problems
     return result
@@ -286,10 +350,25 @@ def make_ticket(job: Job, k: int, course: Path, work: Path, out: Path, gradebook
 
 def run_ticket(path: Path) -> int:
     """``python -m autograder.worker TICKET``: grade and write ``TICKET`` with ``.result.json``."""
+    global _PRIVATE_MOUNTS
     ticket = json.loads(Path(path).read_text())
+    if ticket.get("sandbox", True):
+        _PRIVATE_MOUNTS = private_mounts()
     result = run_job(ticket)
     nbu.write_json_atomic(Path(path).with_suffix(".result.json"), result)
     return 0
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a folder a sandbox may have filled: never follows links, never recurses in Python.
+
+    ``shutil.rmtree`` recurses once per level (a 3,000-level tree raises RecursionError);
+    GNU ``rm -rf`` walks iteratively and does not follow symlinks. Never raises.
+    """
+    try:
+        subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)], capture_output=True, timeout=600)
+    except (OSError, subprocess.SubprocessError):
+        pass
 
 
 def error_line(log: str, error: str) -> str:

@@ -44,7 +44,7 @@ def write_outputs(results: dict[tuple[str, str], dict], cells_of: dict[str, list
             status = "graded (manual cells pending)"
         rows.append({"assignment": lab, "duedate": r.get("duedate", ""), "timestamp": r.get("timestamp", ""),
                      "student_id": student, "last_name": "", "first_name": "", "email": "",
-                     "raw_score": fmt(raw), "late_submission_penalty": fmt(pen), "score": fmt(raw - pen),
+                     "raw_score": fmt(raw), "late_submission_penalty": fmt(pen), "score": fmt(max(0.0, raw - pen)),
                      "max_score": fmt(float(sum(c["max_score"] for c in cells_of[lab]))), "status": status,
                      "problems": "; ".join(dict.fromkeys(r.get("problems", [])))})
     write_csv(out / "grades.csv", GRADES_COLUMNS, [[row[k] for k in GRADES_COLUMNS] for row in rows])
@@ -52,11 +52,25 @@ def write_outputs(results: dict[tuple[str, str], dict], cells_of: dict[str, list
     return rows
 
 
+def _inert(cell: Any) -> Any:
+    """A cell a spreadsheet will not run as a formula: text starting with = + - @ gets a leading '.
+
+    Numbers ("-0.6") stay numbers; a student id such as ``=HYPERLINK(...)`` becomes text (OWASP
+    "CSV injection").
+    """
+    if isinstance(cell, str) and cell[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        try:
+            float(cell)
+        except ValueError:
+            return "'" + cell
+    return cell
+
+
 def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(header)
-    w.writerows(rows)
+    w.writerows([[_inert(c) for c in row] for row in rows])
     nbu.write_text_atomic(path, buf.getvalue())
 
 

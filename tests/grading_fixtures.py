@@ -188,22 +188,24 @@ try:
 except OSError as exc:
     print("NETCHECK:", "blocked", type(exc).__name__)"""
 
-LOOK_PROBE = """import glob, os
+LOOK_PROBE = """import os, sys
 _paths = {paths!r}
-# a hidden folder is an empty mount point: finding nothing means no file and no listing
+# a hidden path is one the sandbox does not show: finding nothing means no file and no listing
 _found = [p for p in _paths if os.path.isfile(p) or (os.path.isdir(p) and os.listdir(p))]
-_markers = ("### BEGIN " + "HIDDEN TESTS", "### BEGIN " + "SOLUTION")
-_up = "../" * 7  # every folder above the kernel's working folder, up to the shared temp root
-_found += glob.glob(_up + "**/gradebook.db", recursive=True)[:5]
-for _nb in glob.glob(_up + "**/*.ipynb", recursive=True):
-    if os.path.dirname(os.path.abspath(_nb)) == os.getcwd():
-        continue  # this submission itself
-    try:
-        if any(m in open(_nb, errors="replace").read() for m in _markers):
-            _found.append(_nb)
-    except OSError:
-        pass
-_found += [p for p in glob.glob("../../*") if os.path.basename(p) != os.path.basename(os.path.dirname(os.getcwd()))]
+_markers = ("### BEGIN " + "HIDDEN TESTS", "### BEGIN " + "SOLUTION", "def hidden" + "_checks")
+_skip = {{"/proc", "/sys", "/dev", "/usr", "/lib", "/lib64", "/bin", "/etc", sys.prefix, sys.base_prefix,
+         os.path.realpath(sys.base_prefix), os.getcwd()}}
+for _root, _dirs, _files in os.walk("/"):
+    _dirs[:] = [d for d in _dirs if os.path.join(_root, d) not in _skip]
+    for _f in _files:
+        _p = os.path.join(_root, _f)
+        if _f.endswith((".db", ".json", ".ipynb", ".jsonl")):
+            try:
+                _text = open(_p, errors="replace").read(2_000_000)
+            except OSError:
+                continue
+            if _f.endswith(".db") or any(m in _text for m in _markers):
+                _found.append(_p)
 print("LEAKCHECK: found=" + repr(sorted(set(_found))))"""
 
 PATCH_COMPARATORS = """import numpy, torch, torch.testing
@@ -377,6 +379,17 @@ except OSError as exc:
     print("stopped after", n, type(exc).__name__)
 print("SLEEPERS", n)"""
 
+PLANT_LINKS = """import os
+for name in ("{lab}.ipynb", "{lab}.html", "timestamp.txt", "out.jsonl", "record/out.jsonl", "artifacts",
+             "checkpoints"):
+    try:
+        if os.path.lexists(name):
+            os.rename(name, name + ".moved")
+        os.symlink({canary!r}, name)
+    except OSError as exc:
+        print("could not plant", name, exc)
+print("links planted")"""
+
 KILL_ALL = """import os, signal
 os.kill(-1, signal.SIGKILL)"""
 
@@ -407,6 +420,45 @@ XSS_CODE = """from IPython.display import HTML, display
 display(HTML('<svg onload="alert(4)"></svg><script>alert(5)</script><b>bold</b>'))"""
 
 
+DEEP_TREE = """import os
+home = os.getcwd()
+for _ in range(3000):
+    os.mkdir("x")
+    os.chdir("x")
+os.chdir(home)
+print("deep tree made")"""
+
+FILL_DISK = """n = 0
+try:
+    for i in range(8):
+        with open(f"blob{i}", "wb") as fh:
+            fh.write(b"0" * (256 * 2 ** 20))
+        n += 1
+except OSError as exc:
+    print("disk full after", n, type(exc).__name__)
+print("DISK", n)"""
+
+# A solution cell that appends its own record for the first test cell, carrying the hidden
+# checks (spec.json) out in the error text, a value too large for a float, and a fake exception.
+EXFILTRATE = """import base64 as _b64, json as _json
+try:
+    _spec = _b64.b64encode(open("spec.json", "rb").read()).decode()
+except OSError:
+    _spec = "no spec"
+with open("record/out.jsonl", "a") as _f:
+    _f.write(_json.dumps({{"grade_id": {test!r}, "values": {{}}, "tolerances": {{}}, "error": "B64:" + _spec}}) + "\\n")
+class EXFIL_B64_LEAK(Exception):
+    pass
+def {name}(*args, **kwargs):
+    raise EXFIL_B64_LEAK(_spec)"""
+
+OVERFLOW = """import json as _json
+with open("record/out.jsonl", "a") as _f:
+    _f.write('{{"grade_id": "{test}", "values": {{"{check}": ' + "9" * 400 + '}}, "tolerances": {{}}}}\\n')
+def {name}(*args, **kwargs):
+    return 10 ** 400"""
+
+
 def plain_cell(source: str, kind: str = "code", metadata: dict | None = None) -> dict:
     cell = {"cell_type": kind, "metadata": metadata if metadata is not None else {}, "source": source}
     if kind == "code":
@@ -414,16 +466,19 @@ def plain_cell(source: str, kind: str = "code", metadata: dict | None = None) ->
     return cell
 
 
-def attack_class(lab: str, source: dict, release: dict, escape: dict, sleep_marker: str) -> dict[str, Case]:
+def attack_class(lab: str, source: dict, release: dict, escape: dict, sleep_marker: str,
+                 first_check: str) -> dict[str, Case]:
     """Attacks that need no particular lab (the tiny lab grades them fastest).
 
     ``escape``: the format fields of :data:`ESCAPE_PROBE` (host paths to write / read, the grader's
-    pid, a host Unix socket and TCP port). ``sleep_marker``: the argument of the escaping sleepers.
+    pid, a host Unix socket and TCP port, a canary file). ``sleep_marker``: the argument of the
+    escaping sleepers. ``first_check``: the name of the first hidden check of the first test cell.
     """
     ref = reference(source)
     names = nbu.graded_names(source)
     tests = [nbu.grade_id(c) for c in nbu.test_cells(source)]
     out: dict[str, Case] = {}
+    code0 = nbu.cell_source(nbu.find_cell(ref, names[0]))
     probe = ESCAPE_PROBE.format(**escape)
     out["escape_kernel"] = Case(insert_after(ref, "setup", probe))
     # the same tricks inside a solution cell run in the probe's sandbox too
@@ -432,6 +487,11 @@ def attack_class(lab: str, source: dict, release: dict, escape: dict, sleep_mark
     out["child_memory"] = Case(insert_after(ref, "setup", CHILD_MEMORY))
     out["sleepers"] = Case(insert_after(ref, "setup", SLEEPERS.format(sleep=sleep_marker)))
     out["kill_all"] = Case(insert_after(ref, "setup", KILL_ALL))
+    # symlinks to a host file, planted where the grader might later write or read as root
+    plant = PLANT_LINKS.format(lab=lab, canary=escape["canary"])
+    out["plant_links"] = Case(_append(ref, plant))
+    # planting over its own out.jsonl only sabotages its own probe: every check fails
+    out["plant_links_probe"] = Case(replace_solution(ref, names[0], plant + "\n" + code0), zero=("*",))
     out["ignore_sigint"] = Case(insert_after(ref, "setup", IGNORE_SIGINT))
     out["patch_ipython"] = Case(insert_after(release, "setup", PATCH_IPYTHON), zero=("*",))
     out["leak_in"] = Case(_append(ref, LEAK_IN))
@@ -439,6 +499,15 @@ def attack_class(lab: str, source: dict, release: dict, escape: dict, sleep_mark
     xss["cells"].append(plain_cell(XSS_MARKDOWN, "markdown"))
     out["xss"] = Case(xss)
     out["huge_line"] = Case(insert_after(ref, "setup", "print('x' * 100_000_000)"))
+    out["deep_tree"] = Case(insert_after(ref, "setup", DEEP_TREE))
+    out["deep_tree_probe"] = Case(replace_solution(ref, names[0], DEEP_TREE + "\n" + code0))
+    out["fill_disk"] = Case(insert_after(ref, "setup", FILL_DISK))
+    out["fill_disk_probe"] = Case(replace_solution(ref, names[0], FILL_DISK + "\n" + code0))
+    first = [t for t in tests if t.startswith(f"test_{names[0]}")]
+    out["exfiltrate"] = Case(replace_solution(ref, names[0], EXFILTRATE.format(test=first[0], name=names[0])),
+                             zero=tuple(first))
+    out["overflow"] = Case(replace_solution(ref, names[0], OVERFLOW.format(test=first[0], name=names[0], check=first_check)),
+                           zero=tuple(first))
     # careless or malformed notebooks: the student keeps every other point
     bad = copy.deepcopy(ref)
     bad["cells"] += [plain_cell("print(1)", metadata={"nbgrader": "x"}),

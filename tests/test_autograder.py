@@ -146,7 +146,9 @@ def tiny_graded(tmp_path_factory):
                str(course / "judge" / f"{gf.TINY_LAB}.json"), str(REPO / "notebooks" / "README.md"),
                str(subs / "reference" / gf.TINY_LAB / f"{gf.TINY_LAB}.ipynb"), "/root/.bash_history"]
     sleep = str(900_000 + int(marker[:4], 16))
-    escape = {"targets": targets, "secrets": secrets, "grader_pid": os.getpid(), "sock": f"/tmp/ag-sock-{marker}",
+    canary = root / "canary.txt"
+    canary.write_text("canary\n")
+    escape = {"canary": str(canary), "targets": targets, "secrets": secrets, "grader_pid": os.getpid(), "sock": f"/tmp/ag-sock-{marker}",
               "port": listener.port, "repo": str(REPO)}
     cases = {
         "reference": gf.Case(gf.reference(source)),
@@ -160,11 +162,20 @@ def tiny_graded(tmp_path_factory):
         "Zoë O'Brien, Jr": gf.Case(gf.reference(source)),
         "a..b": gf.Case(gf.reference(source), zero=("*",), graded=False, problem="refused"),
         "symlinked": gf.Case(None, zero=("*",), graded=False, problem="symlink"),
+        "=1+2": gf.Case(gf.reference(source)),  # a formula for a spreadsheet: stays text in the CSV
+        # late, and the kernel exits at once: the penalty follows the judge's points, not the kernel's
+        "late_exit": gf.Case(gf.insert_after(gf.reference(source), "setup", "import os\nos._exit(0)"),
+                             timestamp="2025-03-02 13:00:00 UTC"),
+        "late_wrong": gf.Case(gf.replace_solution(gf.replace_solution(
+            gf.reference(source), "add", "def add(a, b):\n    return 3"), "mean", "def mean(xs):\n    return 2"),
+            zero=("*",), timestamp="2025-03-02 13:00:00 UTC"),
     }
     cases.update(gf.hostile_class(gf.TINY_LAB, source, release,
                                   hide_paths=[str(course / "gradebook.db"), str(notebooks), str(subs)],
                                   loop_name="mean"))
-    cases.update(gf.attack_class(gf.TINY_LAB, source, release, escape, sleep))
+    judged = json.loads((course / "judge" / f"{gf.TINY_LAB}.json").read_text())["records"]
+    cases.update(gf.attack_class(gf.TINY_LAB, source, release, escape, sleep,
+                                 first_check=next(iter(judged["test_add"]["values"]))))
     for student, case in cases.items():
         gf.write_submission(subs, student, case.lab or gf.TINY_LAB, case.nb, case.filename, case.timestamp)
     (subs / "symlinked" / gf.TINY_LAB / f"{gf.TINY_LAB}.ipynb").symlink_to(
@@ -176,7 +187,7 @@ def tiny_graded(tmp_path_factory):
     finally:
         listener.close()
     return {"root": root, "course": course, "cases": cases, "out": out, "source": source, "release": release,
-            "targets": targets, "listener": listener, "sleep": sleep, "subs": subs}
+            "targets": targets, "canary": canary, "listener": listener, "sleep": sleep, "subs": subs}
 
 
 def _read_csv(path: Path) -> list[dict]:
@@ -187,7 +198,7 @@ def _read_csv(path: Path) -> list[dict]:
 def test_tiny_class_exact_cell_scores(tiny_graded):
     cells = lab_cells(tiny_graded["course"], gf.TINY_LAB)
     rows = _read_csv(tiny_graded["out"] / "cell_scores.csv")
-    got = {(r["student_id"], r["grade_id"]): r["score"] for r in rows}
+    got = {(r["student_id"].removeprefix("'"), r["grade_id"]): r["score"] for r in rows}
     assert {s for s, _ in got} == set(tiny_graded["cases"])
     wrong = [(student, gid, got[(student, gid)], want) for student, case in tiny_graded["cases"].items()
              for gid, want in gf.expected_scores(case, cells).items()
@@ -196,8 +207,11 @@ def test_tiny_class_exact_cell_scores(tiny_graded):
 
 
 def test_tiny_class_totals_problems_and_late_penalty(tiny_graded):
-    rows = {r["student_id"]: r for r in _read_csv(tiny_graded["out"] / "grades.csv")}
+    rows = {r["student_id"].removeprefix("'"): r for r in _read_csv(tiny_graded["out"] / "grades.csv")}
     assert list(rows["reference"].keys()) == report.GRADES_COLUMNS
+    assert float(rows["late_exit"]["late_submission_penalty"]) == pytest.approx(0.6)
+    assert float(rows["late_wrong"]["late_submission_penalty"]) == 0.0 and float(rows["late_wrong"]["score"]) == 0.0
+    assert "'=1+2" in (tiny_graded["out"] / "grades.csv").read_text()
     assert float(rows["reference"]["raw_score"]) == 3.0 and float(rows["reference"]["max_score"]) == 4.0
     assert float(rows["late"]["late_submission_penalty"]) == pytest.approx(0.6)
     assert float(rows["late"]["score"]) == pytest.approx(2.4)
@@ -271,6 +285,7 @@ def _safe(tiny_graded, student: str) -> str:
 def test_attacks_wrote_nothing_outside_their_jobs_and_reached_nothing(tiny_graded):
     for target in tiny_graded["targets"]:
         assert not Path(target).exists(), target
+    assert tiny_graded["canary"].read_text() == "canary\n"  # planted symlinks were never followed
     assert not list(Path.home().glob(".ipython/profile_default/startup/00-evil.py"))
     assert tiny_graded["listener"].accepted == 0
     left = subprocess.run(["pgrep", "-f", f"sleep {tiny_graded['sleep']}"], capture_output=True, text=True)
@@ -327,6 +342,32 @@ def test_feedback_is_sanitised_and_capped(tiny_graded):
     assert "bold" in text  # ordinary HTML output survives
     huge = tiny_graded["out"] / "feedback" / "huge_line" / gf.TINY_LAB / f"{gf.TINY_LAB}.html"
     assert huge.stat().st_size < 9 * 1024 * 1024
+
+
+def test_nothing_the_probe_writes_is_echoed_to_the_student(tiny_graded):
+    import re
+
+    for student in ("exfiltrate", "overflow"):
+        verdicts = re.findall(r"Grader: [^<\n]*", _feedback(tiny_graded, student))
+        assert any("hidden check failed" in v for v in verdicts), (student, verdicts)
+        for v in verdicts:  # the student's own source shows their code; the verdicts repeat none of it
+            assert "B64" not in v and "EXFIL" not in v and "9999999999" not in v and "spec" not in v, v
+    rows = {r["student_id"]: r for r in _read_csv(tiny_graded["out"] / "grades.csv")}
+    assert rows["overflow"]["status"].startswith("graded") and "grader error" not in rows["overflow"]["problems"]
+
+
+def test_disk_filling_and_deep_trees_stay_in_their_sandbox(tiny_graded):
+    for student in ("fill_disk", "fill_disk_probe", "deep_tree", "deep_tree_probe"):
+        rows = {r["student_id"]: r for r in _read_csv(tiny_graded["out"] / "grades.csv")}
+        assert rows[student]["status"].startswith("graded"), (student, rows[student]["problems"])
+    assert "DISK" in _feedback(tiny_graded, "fill_disk")
+    assert "DISK 8" not in _feedback(tiny_graded, "fill_disk")  # capped before 2 GiB
+
+
+def test_a_kernel_that_ignores_its_interrupt_is_stopped_and_the_rest_still_counts(tiny_graded):
+    text = _feedback(tiny_graded, "ignore_sigint")
+    assert "the kernel was stopped" in text and "NotRun" in text
+    assert "all 2 hidden checks passed" in text  # the judge scored the solution cells anyway
 
 
 def test_verdicts_shown_under_test_cells(tiny_graded):

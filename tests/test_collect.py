@@ -16,7 +16,10 @@ import nbformat
 import pytest
 
 import grading_fixtures as gf
+from autograder import archive, lms
 from autograder import collect as C
+from autograder import submission as S
+from autograder.errors import GradingError
 
 LAB = gf.TINY_LAB
 MiB = 1024 ** 2
@@ -109,7 +112,7 @@ def _malformed() -> dict:
 
 
 def test_sanitize_malformed_cells_exact_problems_and_valid_result():
-    clean, problems = C.sanitize_notebook(_malformed(), gf.tiny_notebook())
+    clean, problems = S.sanitize_notebook(_malformed(), gf.tiny_notebook())
     assert problems == [
         "cell 1: malformed nbgrader metadata (str): treated as a plain cell",
         "cell 3: metadata is not an object; dropped",
@@ -120,11 +123,11 @@ def test_sanitize_malformed_cells_exact_problems_and_valid_result():
         "missing cell 'test_mean' put back with the course's content",
     ]
     nbformat.validate(clean)  # raises on any schema error
-    assert [(c["cell_type"], C.grade_id(c)) for c in clean["cells"]] == [
+    assert [(c["cell_type"], S.grade_id(c)) for c in clean["cells"]] == [
         ("markdown", None), ("code", "setup"), ("markdown", None), ("code", "add"), ("code", "test_add"),
         ("markdown", None), ("code", "mean"), ("code", "test_mean"), ("code", None), ("markdown", "q_why")]
     assert clean["cells"][6]["source"] == "" and clean["cells"][1]["outputs"] == []
-    assert C.nbgrader_meta(clean["cells"][9]) == C.nbgrader_meta(gf.tiny_notebook()["cells"][8])  # points: 1
+    assert S.nbgrader_meta(clean["cells"][9]) == S.nbgrader_meta(gf.tiny_notebook()["cells"][8])  # points: 1
 
 
 def test_sanitize_keeps_only_valid_tags_and_attachments():
@@ -134,7 +137,7 @@ def test_sanitize_keeps_only_valid_tags_and_attachments():
     nb["cells"][2]["metadata"]["tags"] = ["intro", "intro"]
     nb["cells"][2]["attachments"] = {"y": {"not a mime": 5}}
     nb["cells"][5]["metadata"] = {"tags": ["keep"], "deletable": "yes", "jupyter": 3}
-    clean, problems = C.sanitize_notebook(nb, gf.tiny_notebook())
+    clean, problems = S.sanitize_notebook(nb, gf.tiny_notebook())
     assert problems == ["cell 3: malformed attachments dropped"]
     assert [(c["metadata"], "attachments" in c) for c in clean["cells"][:6:5]] == [({}, True), ({"tags": ["keep"]}, False)]
     nbformat.validate(clean)
@@ -151,16 +154,16 @@ def test_sanitize_unknown_renamed_and_duplicated_grade_ids():
     bonus = gf.insert_after(nb, "q_why", "print('free points')")
     bonus["cells"][-1]["metadata"] = {"nbgrader": {"grade": True, "grade_id": "test_bonus", "points": 100,
                                                    "locked": True, "solution": False, "schema_version": 3}}
-    i = next(k for k, c in enumerate(bonus["cells"]) if C.grade_id(c) == "test_mean")
+    i = next(k for k, c in enumerate(bonus["cells"]) if S.grade_id(c) == "test_mean")
     bonus["cells"].insert(i + 1, copy.deepcopy(bonus["cells"][i]))          # duplicated test cell
     bonus["cells"].insert(1, {"cell_type": "code", "metadata": {}, "source": "x = 1", "outputs": [],
                               "execution_count": None})                     # extra plain cell: fine
-    clean, problems = C.sanitize_notebook(bonus, gf.tiny_notebook())
+    clean, problems = S.sanitize_notebook(bonus, gf.tiny_notebook())
     assert problems == ["unknown grade_id 'test_add_v2': treated as a plain cell",
                         "unknown grade_id 'test_bonus': treated as a plain cell",
                         "duplicated grade_id test_mean: later copies treated as plain cells",
                         "missing cell 'test_add' put back with the course's content"]
-    ids = [C.grade_id(c) for c in clean["cells"]]
+    ids = [S.grade_id(c) for c in clean["cells"]]
     assert ids == [None, None, "setup", None, "add", "test_add", None, None, "mean", "test_mean", None, "q_why", None]
     nbformat.validate(clean)
 
@@ -170,7 +173,7 @@ def test_sanitize_changes_a_retyped_graded_cell_back():
     nb["cells"][4]["cell_type"] = "raw"
     nb["cells"][4]["attachments"] = {}
     del nb["cells"][4]["outputs"], nb["cells"][4]["execution_count"]
-    clean, problems = C.sanitize_notebook(nb, gf.tiny_notebook())
+    clean, problems = S.sanitize_notebook(nb, gf.tiny_notebook())
     assert problems == ["cell 'test_add' was changed from code to raw: changed back"]
     assert {k: clean["cells"][4][k] for k in ("cell_type", "outputs", "execution_count")} == \
         {"cell_type": "code", "outputs": [], "execution_count": None}
@@ -178,11 +181,11 @@ def test_sanitize_changes_a_retyped_graded_cell_back():
 
 
 def test_sanitize_puts_back_a_deleted_function_and_its_test():
-    nb = gf.delete_cells(_nb(), lambda c: C.grade_id(c) in ("add", "test_add"))
-    clean, problems = C.sanitize_notebook(nb, gf.tiny_notebook())
+    nb = gf.delete_cells(_nb(), lambda c: S.grade_id(c) in ("add", "test_add"))
+    clean, problems = S.sanitize_notebook(nb, gf.tiny_notebook())
     assert problems == ["missing cell 'add' put back empty",
                         "missing cell 'test_add' put back with the course's content"]
-    assert [C.grade_id(c) for c in clean["cells"]] == [None, "setup", "add", "test_add", None, None, "mean",
+    assert [S.grade_id(c) for c in clean["cells"]] == [None, "setup", "add", "test_add", None, None, "mean",
                                                      "test_mean", "q_why"]
     assert clean["cells"][2]["source"] == clean["cells"][3]["source"] == ""  # never the course's solution
 
@@ -191,7 +194,7 @@ def test_deduplicate_ids_is_tolerant():
     nb = _nb()
     nb["cells"].append(copy.deepcopy(nb["cells"][4]))
     nb["cells"][0]["metadata"]["nbgrader"] = "x"
-    assert C.deduplicate_ids(nb) == ["test_add"]
+    assert S.deduplicate_ids(nb) == ["test_add"]
     assert "nbgrader" not in nb["cells"][0]["metadata"] and "nbgrader" not in nb["cells"][-1]["metadata"]
 
 
@@ -227,18 +230,18 @@ def _overwrite_cells(nb: dict, db_url: str) -> nbformat.NotebookNode:
 
 @pytest.mark.filterwarnings("ignore:Cell is missing an id field")  # the unsanitised notebook
 def test_sanitized_notebooks_go_through_nbgrader_overwritecells(gradebook):
-    deleted_both = gf.delete_cells(_nb(), lambda c: C.grade_id(c) in ("add", "test_add"))
+    deleted_both = gf.delete_cells(_nb(), lambda c: S.grade_id(c) in ("add", "test_add"))
     with pytest.raises(KeyError):  # why sanitize_notebook puts cells back: nbgrader 0.9.6 alone crashes
         _overwrite_cells(deleted_both, gradebook)
     everything_deleted = {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
     renamed = _nb()
     renamed["cells"][4]["metadata"]["nbgrader"]["grade_id"] = "invented"
     for nb in (deleted_both, _malformed(), renamed, everything_deleted):
-        clean, _ = C.sanitize_notebook(nb, gf.tiny_notebook())
+        clean, _ = S.sanitize_notebook(nb, gf.tiny_notebook())
         out = _overwrite_cells(clean, gradebook)
-        assert [C.grade_id(c) for c in out.cells if C.grade_id(c)] == ["setup", "add", "test_add", "mean",
+        assert [S.grade_id(c) for c in out.cells if S.grade_id(c)] == ["setup", "add", "test_add", "mean",
                                                                        "test_mean", "q_why"]
-        test_add = next(c for c in out.cells if C.grade_id(c) == "test_add")
+        test_add = next(c for c in out.cells if S.grade_id(c) == "test_add")
         assert test_add.source.startswith("assert add(1, 2) == 3")  # the locked test, from the gradebook
 
 
@@ -270,10 +273,10 @@ def test_symlinks_in_a_folder_are_rejected(tmp_path):
 def test_check_notebook_opens_with_o_nofollow(tmp_path):
     real = _write(tmp_path / "real.ipynb", _nb())
     (tmp_path / "link.ipynb").symlink_to(real)
-    assert C.check_notebook(real, LAB) is None
-    assert C.check_notebook(tmp_path / "link.ipynb", LAB) == "symlink 'link.ipynb' rejected"
-    with pytest.raises(C.NotebookError, match="symlink 'link.ipynb' rejected"):
-        C.load_notebook(tmp_path / "link.ipynb")
+    assert S.check_notebook(real, LAB) is None
+    assert S.check_notebook(tmp_path / "link.ipynb", LAB) == "symlink 'link.ipynb' rejected"
+    with pytest.raises(S.NotebookError, match="symlink 'link.ipynb' rejected"):
+        S.load_notebook(tmp_path / "link.ipynb")
 
 
 def test_symlink_members_of_zips_are_rejected(tmp_path):
@@ -310,17 +313,17 @@ def test_symlink_members_of_zips_are_rejected(tmp_path):
     (f"smithjane_12345_678901_notes.ipynb", None),                    # no lab in the original file name
     (f"{LAB}_smith_12345_678_notes.ipynb", None),                     # a lab id in the display name is not enough
     (f"smith_s1_{LAB}.ipynb", None),                                  # old FLAT_PATTERN accepted it
-    (f"zed_99999_1_55555_2_{LAB}.ipynb", C.AmbiguousName),            # display name "zed_99999_1"
-    (f"zed_99999_1_{LAB}_55555_2_x.ipynb", C.AmbiguousName),          # lab only in the longer reading
-    (f"mary_2_12345_678_{LAB}.ipynb", C.AmbiguousName),               # a digit token in a real name
+    (f"zed_99999_1_55555_2_{LAB}.ipynb", lms.AmbiguousName),            # display name "zed_99999_1"
+    (f"zed_99999_1_{LAB}_55555_2_x.ipynb", lms.AmbiguousName),          # lab only in the longer reading
+    (f"mary_2_12345_678_{LAB}.ipynb", lms.AmbiguousName),               # a digit token in a real name
 ])
 def test_parse_canvas_name(name, expected):
-    if expected is C.AmbiguousName:
-        with pytest.raises(C.AmbiguousName):
-            C.parse_canvas_name(name, [LAB])
+    if expected is lms.AmbiguousName:
+        with pytest.raises(lms.AmbiguousName):
+            lms.parse_canvas_name(name, [LAB])
     else:
-        assert C.parse_canvas_name(name, [LAB]) == expected
-        m = C.CANVAS_PATTERN.match(name)  # the documented pattern reads the same id
+        assert lms.parse_canvas_name(name, [LAB]) == expected
+        m = lms.CANVAS_PATTERN.match(name)  # the documented pattern reads the same id
         assert m is None or expected is None or m["student"] == expected[0]
 
 
@@ -472,20 +475,20 @@ _ZEROS = "unreadable notebook: malformed JSON (JSONDecodeError: Expecting value:
 def test_zip_bomb_is_refused_before_extracting(tmp_path):
     z = _bomb(tmp_path / "bomb.zip", f"alice/{LAB}/{LAB}.ipynb", 300_000_000)
     assert z.stat().st_size < 1 * MiB
-    with pytest.raises(C.GradingError) as err:
+    with pytest.raises(GradingError) as err:
         C.collect(z, [LAB], tmp_path / "work")
     assert str(err.value) == (f"bomb.zip: member 'alice/{LAB}/{LAB}.ipynb' unpacks to 286.1 MiB, over the 64 MiB "
-                              f"per-member limit (ZipLimits.max_member_bytes); {C._LIMIT_HINT}")
+                              f"per-member limit (ZipLimits.max_member_bytes); {archive._LIMIT_HINT}")
     assert "\n" not in str(err.value) and _files_under(tmp_path / "work") == []
 
 
 def test_zip_ratio_limit(tmp_path):
     z = _bomb(tmp_path / "ratio.zip", f"alice/{LAB}/{LAB}.ipynb", 8 * MiB)
-    with pytest.raises(C.GradingError, match=r"^ratio\.zip: member 'alice/tiny_lab/tiny_lab\.ipynb' is compressed "
+    with pytest.raises(GradingError, match=r"^ratio\.zip: member 'alice/tiny_lab/tiny_lab\.ipynb' is compressed "
                                              r"\d+:1, over the 100:1 limit \(ZipLimits\.max_ratio; a zip bomb\?\)"):
         C.collect(z, [LAB], tmp_path / "work")
     assert _files_under(tmp_path / "work") == []
-    jobs = C.collect(z, [LAB], tmp_path / "w2", limits=C.ZipLimits(max_ratio=1e6))  # raised: extracted
+    jobs = C.collect(z, [LAB], tmp_path / "w2", limits=archive.ZipLimits(max_ratio=1e6))  # raised: extracted
     assert [(j.student, j.problems) for j in jobs] == [("alice", [_ZEROS])]
 
 
@@ -494,15 +497,15 @@ def test_zip_total_size_and_member_count_limits(tmp_path):
     with zipfile.ZipFile(z, "w") as zf:
         for student in ("a", "b", "c"):
             zf.writestr(f"{student}/{LAB}/{LAB}.ipynb", os.urandom(1000))
-    with pytest.raises(C.GradingError) as err:
-        C.collect(z, [LAB], tmp_path / "w1", limits=C.ZipLimits(max_total_bytes=2500))
+    with pytest.raises(GradingError) as err:
+        C.collect(z, [LAB], tmp_path / "w1", limits=archive.ZipLimits(max_total_bytes=2500))
     assert str(err.value).startswith("class.zip: unpacks to 0.0 MiB in all, over the ")
     assert "limit (ZipLimits.max_total_bytes); to grade it anyway, unzip it" in str(err.value)
-    with pytest.raises(C.GradingError) as err:
-        C.collect(z, [LAB], tmp_path / "w2", limits=C.ZipLimits(max_members=2))
-    assert str(err.value) == f"class.zip: 3 members, over the limit of 2 (ZipLimits.max_members); {C._LIMIT_HINT}"
-    with pytest.raises(C.GradingError, match="per-member limit"):
-        C.collect(z, [LAB], tmp_path / "w3", limits=C.ZipLimits(max_member_bytes=999))
+    with pytest.raises(GradingError) as err:
+        C.collect(z, [LAB], tmp_path / "w2", limits=archive.ZipLimits(max_members=2))
+    assert str(err.value) == f"class.zip: 3 members, over the limit of 2 (ZipLimits.max_members); {archive._LIMIT_HINT}"
+    with pytest.raises(GradingError, match="per-member limit"):
+        C.collect(z, [LAB], tmp_path / "w3", limits=archive.ZipLimits(max_member_bytes=999))
 
 
 def _patch_central_header(path: Path, size: int, crc: int | None) -> None:
@@ -541,11 +544,11 @@ class _Endless:
 
 def test_copy_limited_counts_the_bytes_that_come_out(tmp_path):
     src = _Endless()
-    with open(tmp_path / "out", "wb") as fh, pytest.raises(C.GradingError, match="^header lie$"):
-        C._copy_limited(src, fh.fileno(), [(1000, "header lie"), (64 * MiB, "member"), (512 * MiB, "total")])
+    with open(tmp_path / "out", "wb") as fh, pytest.raises(GradingError, match="^header lie$"):
+        archive._copy_limited(src, fh.fileno(), [(1000, "header lie"), (64 * MiB, "member"), (512 * MiB, "total")])
     assert src.reads == 1 and (tmp_path / "out").stat().st_size == 0
-    with open(tmp_path / "out2", "wb") as fh, pytest.raises(C.GradingError, match="^total$"):
-        C._copy_limited(src, fh.fileno(), [(64 * MiB, "member"), (3 * MiB, "total")])
+    with open(tmp_path / "out2", "wb") as fh, pytest.raises(GradingError, match="^total$"):
+        archive._copy_limited(src, fh.fileno(), [(64 * MiB, "member"), (3 * MiB, "total")])
     assert (tmp_path / "out2").stat().st_size == 3 * MiB
 
 
@@ -594,7 +597,7 @@ def test_notebook_over_the_size_cap_is_not_read(tmp_path):
     assert _outcome(jobs["alice"]) == (False, ["unreadable notebook: the file is 40.0 MiB, over the 32 MiB "
                                                "limit; not read"])
     small = _write(tmp_path / "small.ipynb", _nb())
-    assert C.check_notebook(small, LAB, max_bytes=MiB // 1024).startswith("unreadable notebook: the file is 0.0 MiB")
+    assert S.check_notebook(small, LAB, max_bytes=MiB // 1024).startswith("unreadable notebook: the file is 0.0 MiB")
 
 
 @pytest.mark.parametrize("content, problem", [
@@ -641,7 +644,7 @@ def test_one_bad_submission_never_raises(tmp_path, monkeypatch):
     subs = tmp_path / "subs"
     for student in ("alice", "bob", "carol"):
         gf.write_submission(subs, student, LAB, _nb())
-    real_check, real_scan = C.check_notebook, C._scan
+    real_check, real_scan = C.check_notebook, C.scan
 
     def check(path, lab, **kw):
         if "bob" in str(path):
@@ -654,7 +657,7 @@ def test_one_bad_submission_never_raises(tmp_path, monkeypatch):
         return real_scan(folder, rejected)
 
     monkeypatch.setattr(C, "check_notebook", check)
-    monkeypatch.setattr(C, "_scan", scan)
+    monkeypatch.setattr(C, "scan", scan)
     jobs = _collect(subs, tmp_path)
     assert {s: _outcome(j) for s, j in jobs.items()} == {
         "alice": (True, []),
@@ -663,8 +666,8 @@ def test_one_bad_submission_never_raises(tmp_path, monkeypatch):
 
 
 def test_whole_input_errors(tmp_path):
-    with pytest.raises(C.GradingError, match="does not exist"):
+    with pytest.raises(GradingError, match="does not exist"):
         C.collect(tmp_path / "nope", [LAB], tmp_path / "w")
     _write(tmp_path / "notes.txt", "hello")
-    with pytest.raises(C.GradingError, match="neither a folder nor a zip file"):
+    with pytest.raises(GradingError, match="neither a folder nor a zip file"):
         C.collect(tmp_path / "notes.txt", [LAB], tmp_path / "w")

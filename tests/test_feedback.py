@@ -17,9 +17,11 @@ from nbgrader.utils import determine_grade
 from traitlets.config import Config
 
 from autograder import feedback as fb
+from autograder import html_safety as hs
 from autograder import notebook as nbu
+from autograder import output_caps as oc
 
-KiB, MiB = fb.KiB, fb.MiB
+KiB, MiB = oc.KiB, oc.MiB
 NOTE = re.compile(r"… output truncated: ([\d,]+) bytes over the 64 KiB limit")
 EVENT_ATTR = re.compile(r"<[a-zA-Z][^>]*\son\w+\s*=", re.S)
 
@@ -37,13 +39,13 @@ def _code(*outputs, grade_id: str | None = None, points: float = 1) -> nbformat.
 
 
 def _limit(nb, **traits):
-    pp = fb.LimitOutputBytes(**traits)
+    pp = oc.LimitOutputBytes(**traits)
     assert pp.enabled  # an NbGraderPreprocessor is on without config
     return pp(nb, {})[0]
 
 
 def _cell_bytes(cell) -> int:
-    return sum(fb.output_bytes(o) for o in cell.outputs)
+    return sum(oc.output_bytes(o) for o in cell.outputs)
 
 
 # ------------------------------------------------------------------------------ byte limits
@@ -58,7 +60,7 @@ def test_100mb_single_line_stream_is_cut_to_64kib():
     body, note = out[0].text.rstrip("\n").rsplit("\n", 1)
     assert body == "x" * (64 * KiB)
     assert NOTE.fullmatch(note) and int(NOTE.fullmatch(note).group(1).replace(",", "")) == 100 * MiB - 64 * KiB
-    assert fb.output_bytes(out[0]) < 64 * KiB + 200
+    assert oc.output_bytes(out[0]) < 64 * KiB + 200
 
 
 def test_10000_line_traceback_keeps_head_tail_and_exception():
@@ -74,7 +76,7 @@ def test_10000_line_traceback_keeps_head_tail_and_exception():
     notes = [t for t in new_tb if NOTE.fullmatch(t)]
     assert len(notes) == 1
     assert out[0].ename == "RecursionError" and out[0].evalue == "maximum recursion depth exceeded"
-    assert fb.output_bytes(out[0]) < 64 * KiB + 200
+    assert oc.output_bytes(out[0]) < 64 * KiB + 200
     assert len(new_tb) < 2200
     # the same traceback as one 10,000-line string
     one = new_output("error", ename="RecursionError", evalue="deep", traceback=["\n".join(tb)])
@@ -112,7 +114,7 @@ def test_unicode_at_the_cut_point_stays_valid_utf8(filler):
 def test_cut_utf8_every_offset():
     s = "aé€😀b" * 5
     for limit in range(0, len(s.encode()) + 2):
-        head, tail = fb.cut_utf8(s, limit), fb.cut_utf8(s, limit, tail=True)
+        head, tail = oc.cut_utf8(s, limit), oc.cut_utf8(s, limit, tail=True)
         for part, ok in ((head, s.startswith(head)), (tail, s.endswith(tail))):
             n = len(part.encode())
             assert ok and n <= limit and n > min(limit, len(s.encode())) - 4
@@ -146,11 +148,11 @@ def test_small_outputs_untouched_and_config_works():
     c = Config()
     c.LimitOutputBytes.max_bytes = 1000
     c.LimitOutputBytes.max_total_bytes = 5000
-    pp = fb.LimitOutputBytes(config=c)
+    pp = oc.LimitOutputBytes(config=c)
     assert (pp.max_bytes, pp.max_total_bytes) == (1000, 5000)
     nb = _nb(_code(new_output("stream", name="stdout", text="q" * 5000)))
     assert "… output truncated: 4,000 bytes over the 1,000 bytes limit" in pp(nb, {})[0].cells[0].outputs[0].text
-    unlimited = fb.LimitOutputBytes(max_bytes=-1, max_total_bytes=-1)
+    unlimited = oc.LimitOutputBytes(max_bytes=-1, max_total_bytes=-1)
     nb = _nb(_code(new_output("stream", name="stdout", text="q" * (200 * KiB))))
     assert len(unlimited(nb, {})[0].cells[0].outputs[0].text) == 200 * KiB
 
@@ -158,11 +160,11 @@ def test_small_outputs_untouched_and_config_works():
 def test_runs_inside_an_nbconvert_exporter_in_the_autograde_order():
     from nbconvert.exporters import NotebookExporter
 
-    order = [p.__name__ for p in fb.autograde_preprocessors()]
+    order = [p.__name__ for p in oc.autograde_preprocessors()]
     assert order.index("IgnorePattern") < order.index("LimitOutput") < order.index("LimitOutputBytes") \
         < order.index("SaveAutoGrades")
     exporter = NotebookExporter()
-    exporter.register_preprocessor(fb.LimitOutputBytes)
+    exporter.register_preprocessor(oc.LimitOutputBytes)
     nb = _nb(_code(new_output("stream", name="stdout", text="w" * (MiB))))
     text, _ = exporter.from_notebook_node(nb)
     assert len(text) < 80 * KiB
@@ -347,7 +349,7 @@ def test_rendered_feedback_has_no_active_content(template):
     fb.feedback_config(c)
     exporter, res = _exporter(template, c)
     rendered, _ = exporter.from_notebook_node(_hostile_notebook(), resources=res)
-    page = fb.sanitize_html(rendered)
+    page = hs.sanitize_html(rendered)
     _assert_safe(page)
     assert "Ordinary words survive." in page and "printed &lt;b&gt;text&lt;/b&gt;" in page
     assert f'src="data:image/png;base64,{PNG}"' in page
@@ -355,8 +357,8 @@ def test_rendered_feedback_has_no_active_content(template):
     assert "<blockquote>" in page and "<code>a &lt; b</code>" in page
     assert "&lt;h1" not in page and "&lt;p&gt;" not in page  # nbconvert's own clean_html shows these as text
     assert "<style" in page  # the template's CSS stays
-    assert f'content="{fb.FEEDBACK_CSP}"' in page.replace("&#x27;", "'")
-    assert _squash(fb.sanitize_html(page)) == _squash(page)  # stable (up to blank lines in <head>)
+    assert f'content="{hs.FEEDBACK_CSP}"' in page.replace("&#x27;", "'")
+    assert _squash(hs.sanitize_html(page)) == _squash(page)  # stable (up to blank lines in <head>)
 
 
 def test_without_feedback_config_nbgrader_template_leaves_markdown_live():
@@ -366,7 +368,7 @@ def test_without_feedback_config_nbgrader_template_leaves_markdown_live():
     exporter, res = _exporter("nbgrader-feedback", c)
     rendered, _ = exporter.from_notebook_node(_hostile_notebook(), resources=res)
     assert 'onerror="alert(1)"' in rendered and "<script>alert(2)</script>" in rendered
-    _assert_safe(fb.sanitize_html(rendered))  # the post-pass alone still catches it
+    _assert_safe(hs.sanitize_html(rendered))  # the post-pass alone still catches it
 
 
 def test_feedback_config_keeps_other_filters_and_sets_preprocessors():
@@ -375,8 +377,8 @@ def test_feedback_config_keeps_other_filters_and_sets_preprocessors():
     fb.feedback_config(c)
     e = HTMLExporter(config=c)
     env = e.environment.filters
-    assert env["clean_html"] is fb.sanitize_fragment and env["mine"] is html.escape
-    assert env["strip_files_prefix"] is fb.sanitize_markdown_html
+    assert env["clean_html"] is hs.sanitize_fragment and env["mine"] is html.escape
+    assert env["strip_files_prefix"] is hs.sanitize_markdown_html
     assert [p.__name__ for p in c.GenerateFeedback.preprocessors] == \
         ["GetGrades", "CSSHTMLHeaderPreprocessor", "LimitOutputBytes"]
 
@@ -413,7 +415,7 @@ MXSS = {  # vectors where a lenient parser and a browser disagree, plus the plai
 
 @pytest.mark.parametrize("name", sorted(MXSS))
 def test_sanitize_html_vectors(name):
-    out = fb.sanitize_html(f"<!DOCTYPE html><html><head></head><body><p>before</p>{MXSS[name]}</body></html>")
+    out = hs.sanitize_html(f"<!DOCTYPE html><html><head></head><body><p>before</p>{MXSS[name]}</body></html>")
     _assert_safe(out)
     low = out.lower()
     assert "<!--" not in out and "<![cdata[" not in low and "<?" not in out and low.count("<!doctype") == 1
@@ -429,24 +431,24 @@ def test_sanitize_html_keeps_ordinary_markup():
     markup = ('<div class="c" id="i" style="color: red"><a href="https://example.org/x?a=1&amp;b=2">link</a>'
             '<a href="#top">top</a><img src="data:image/jpeg;base64,AAAA" width="3" alt="pic">'
             '<svg viewBox="0 0 1 1"><circle r="1"></circle></svg><pre>a &lt; b</pre></div>')
-    out = fb.sanitize_html(markup)
+    out = hs.sanitize_html(markup)
     assert out == ('<div class="c" id="i" style="color: red"><a href="https://example.org/x?a=1&amp;b=2">link</a>'
                    '<a href="#top">top</a><img alt="pic" src="data:image/jpeg;base64,AAAA" width="3"/>'
                    '<svg viewbox="0 0 1 1"><circle r="1"></circle></svg><pre>a &lt; b</pre></div>')
     svg = '<img src="data:image/svg+xml;base64,AAAA"/>'
-    assert fb.sanitize_html(svg) == svg
-    assert "src" not in fb.sanitize_html('<iframe></iframe><video src="data:video/mp4;base64,AAAA"></video>')
+    assert hs.sanitize_html(svg) == svg
+    assert "src" not in hs.sanitize_html('<iframe></iframe><video src="data:video/mp4;base64,AAAA"></video>')
 
 
 def test_a_document_shown_as_an_output_stays_a_fragment():
-    out = fb.sanitize_fragment("<!DOCTYPE html><html><head><title>plot</title></head>"
+    out = hs.sanitize_fragment("<!DOCTYPE html><html><head><title>plot</title></head>"
                                "<body onload=alert(1)><div>fig</div></body></html>")
     assert out == "<html><head><title>plot</title></head><body><div>fig</div></body></html>"
 
 
 def test_huge_fragment_becomes_a_note():
-    note = fb.sanitize_fragment("<b>x</b>" * (fb.MAX_FRAGMENT_BYTES // 8 + 1))
-    assert note == (f'<p class="alert alert-warning">… not shown: {fb.MAX_FRAGMENT_BYTES + 8:,} bytes of HTML, '
+    note = hs.sanitize_fragment("<b>x</b>" * (hs.MAX_FRAGMENT_BYTES // 8 + 1))
+    assert note == (f'<p class="alert alert-warning">… not shown: {hs.MAX_FRAGMENT_BYTES + 8:,} bytes of HTML, '
                     "over the 4 MiB limit</p>")
 
 
@@ -459,7 +461,7 @@ def test_sanitize_feedback_file_caps_size_with_a_note(tmp_path):
     size = path.stat().st_size
     assert size > 2 * MiB
     t0 = time.perf_counter()
-    fb.sanitize_feedback_file(path, max_bytes=1 * MiB)
+    hs.sanitize_feedback_file(path, max_bytes=1 * MiB)
     assert time.perf_counter() - t0 < 30
     out = path.read_text(encoding="utf-8")
     assert path.stat().st_size <= 1 * MiB
@@ -473,11 +475,11 @@ def test_sanitize_feedback_file_small_page_only_sanitized(tmp_path):
     path = tmp_path / "lab.html"
     path.write_text("<!DOCTYPE html><html><head><title>t</title></head><body><p onclick='x()'>hi</p>"
                     "<script>alert(1)</script></body></html>", encoding="utf-8")
-    fb.sanitize_feedback_file(path)
+    hs.sanitize_feedback_file(path)
     out = path.read_text(encoding="utf-8")
     assert "<p>hi</p>" in out and "cut to" not in out
     _assert_safe(out)
-    fb.sanitize_feedback_file(path)
+    hs.sanitize_feedback_file(path)
     assert _squash(path.read_text(encoding="utf-8")) == _squash(out)
 
 
@@ -530,7 +532,7 @@ def test_browser_parses_sanitized_pages_without_active_content(tmp_path):
             page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
             for name, raw in pages.items():
                 path = tmp_path / f"{name}.html"
-                path.write_text(csp.sub("", fb.sanitize_html(raw)), encoding="utf-8")
+                path.write_text(csp.sub("", hs.sanitize_html(raw)), encoding="utf-8")
                 page.goto(path.as_uri())
                 page.wait_for_timeout(300)
                 assert page.evaluate(BROWSER_PROBE) == [], name
@@ -539,7 +541,7 @@ def test_browser_parses_sanitized_pages_without_active_content(tmp_path):
                 page.wait_for_timeout(300)
             assert dialogs == []
             # the CSP stops what a sanitizer bug would let through
-            smuggled = fb.sanitize_html(rendered).replace("</body>", "<img src=x onerror=alert(8)>"
+            smuggled = hs.sanitize_html(rendered).replace("</body>", "<img src=x onerror=alert(8)>"
                                                                      "<script>alert(9)</script></body>", 1)
             path = tmp_path / "smuggled.html"
             path.write_text(smuggled, encoding="utf-8")
@@ -559,7 +561,7 @@ def test_browser_parses_sanitized_pages_without_active_content(tmp_path):
 
 def test_fit_lines_keeps_what_fits():
     lines = ["a" * 40, "b" * 10]
-    assert fb._fit_lines(lines, 50) == (lines, 2)
-    kept, at = fb._fit_lines(["h" * 10, "m" * 100, "t" * 10], 40)
+    assert oc._fit_lines(lines, 50) == (lines, 2)
+    kept, at = oc._fit_lines(["h" * 10, "m" * 100, "t" * 10], 40)
     assert kept == ["h" * 10, "m" * 10, "m" * 10, "t" * 10] and at == 2  # start and end of "m", note between
-    assert fb._fit_lines(["x" * 100], 10) == (["x" * 5, "x" * 5], 1)
+    assert oc._fit_lines(["x" * 100], 10) == (["x" * 5, "x" * 5], 1)

@@ -20,8 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from autograder import limits as lim
 from autograder import sandbox as sb
-from autograder.sandbox import GiB, Limits, SandboxSpec
+from autograder import sandbox_spec as ss
+from autograder.limits import Limits
+from autograder.sandbox_spec import GiB, SandboxSpec
 
 REPO = Path(sb.__file__).resolve().parents[1]
 MiB = 1024 ** 2
@@ -172,6 +175,7 @@ elif mode in ("pids", "hang"):
         except OSError as e:
             error = {"error": type(e).__name__, "errno": e.errno}
             break
+    time.sleep(0.5)  # let the last children finish exec (before that their command line is python's)
     out.update(started=len(kids), error=error, alive_at_exit=alive())
 with open("out.json", "w") as f:
     json.dump(out, f)
@@ -224,45 +228,45 @@ def test_bwrap_argv_flags_and_binds(tmp_path: Path) -> None:
     for d in (cwd, run, data):
         d.mkdir()
     spec = SandboxSpec(name="job-1", cwd=str(cwd), rw=[str(run)], ro=[str(data)], env={})
-    argv = sb.bwrap_argv(spec, ["python", "runner.py"])
+    argv = ss.bwrap_argv(spec, ["python", "runner.py"])
     for flag in ("--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
                  "--clearenv"):
         assert flag in argv
     text = " ".join(argv)
     for seq in ("--uid 65534", "--gid 65534", "--cap-drop ALL", "--proc /proc", "--dev /dev", "--tmpfs /tmp",
-                f"--dir {sb.HOME}", f"--chdir {cwd} -- python runner.py"):
+                f"--dir {ss.HOME}", f"--chdir {cwd} -- python runner.py"):
         assert seq in text, seq
     assert argv[-3:] == ["--", "python", "runner.py"]
     ro, rw = _pairs(argv, "--ro-bind"), _pairs(argv, "--bind")
     assert (str(data), str(data)) in ro
-    for p in sb.default_ro():
+    for p in ss.default_ro():
         assert (p, p) in ro
-    assert sb.labkit_dir() == str(REPO / "labkit")
+    assert ss.labkit_dir() == str(REPO / "labkit")
     assert os.path.realpath(sys.base_prefix) in [d for _, d in ro]
     assert set(rw) == {(str(cwd), str(cwd)), (str(run), str(run))}
     for src, dest in ro + rw:  # never the repository root, its notebooks or .git
-        assert Path(dest) != REPO and not sb._inside(str(REPO), dest)
+        assert Path(dest) != REPO and not ss.inside(str(REPO), dest)
         for hidden in ("notebooks", ".git", "autograder"):
-            assert not sb._inside(dest, str(REPO / hidden))
+            assert not ss.inside(dest, str(REPO / hidden))
     first_tmp_bind = min(i for i, a in enumerate(argv) if a.startswith(str(tmp_path)))
     assert argv.index("/tmp") < first_tmp_bind  # the private /tmp comes before binds below it
-    staged = sb.bwrap_argv(spec, ["true"], {str(cwd): "/tmp/ag-7"})
+    staged = ss.bwrap_argv(spec, ["true"], {str(cwd): "/tmp/ag-7"})
     assert ("/tmp/ag-7", str(cwd)) in _pairs(staged, "--bind")
 
 
 def test_check_spec_refuses_dangerous_binds(tmp_path: Path) -> None:
     ok = tmp_path / "cwd"
     ok.mkdir()
-    sb.check_spec(SandboxSpec(name="job-1", cwd=str(ok)))
+    ss.check_spec(SandboxSpec(name="job-1", cwd=str(ok)))
     bad = [dict(cwd=str(REPO)), dict(cwd=str(ok), ro=[str(REPO)]), dict(cwd=str(ok), ro=[str(REPO / "notebooks")]),
            dict(cwd=str(ok), ro=["/work"] if REPO.parent == Path("/work") else [str(REPO.parent)]),
            dict(cwd=str(ok), rw=["/usr/lib"]), dict(cwd="/tmp"), dict(cwd=sys.prefix),
            dict(cwd="relative/path"), dict(cwd=str(tmp_path / "missing"))]
     for kw in bad:
         with pytest.raises(ValueError):
-            sb.check_spec(SandboxSpec(name="job-1", **kw))
+            ss.check_spec(SandboxSpec(name="job-1", **kw))
     with pytest.raises(ValueError):
-        sb.check_spec(SandboxSpec(name="../escape", cwd=str(ok)))
+        ss.check_spec(SandboxSpec(name="../escape", cwd=str(ok)))
 
 
 def test_environment_is_an_allow_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -271,14 +275,14 @@ def test_environment_is_an_allow_list(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")
     monkeypatch.delenv("MPLBACKEND", raising=False)
     spec = SandboxSpec(name="job-1", cwd=str(tmp_path), env={"PROBE_SEED": "7"})
-    env = sb.sandbox_env(spec)
+    env = ss.sandbox_env(spec)
     base = {"PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "MPLCONFIGDIR"}
-    copied = {k for k in sb.PASS_ENV if k in os.environ}
+    copied = {k for k in ss.PASS_ENV if k in os.environ}
     assert set(env) == base | copied | {"PROBE_SEED"}
     assert env["PATH"] == f"{sys.prefix}/bin:/usr/bin:/bin" and env["HOME"] == "/tmp/home"
     assert env["OMP_NUM_THREADS"] == "1" and env["NBGRADER_EXECUTION"] == "autograde"
     assert "SECRET_TOKEN" not in env
-    argv = sb.bwrap_argv(spec, ["true"])
+    argv = ss.bwrap_argv(spec, ["true"])
     assert dict(_pairs(argv, "--setenv")) == env
     assert argv.index("--clearenv") < argv.index("--setenv")
 
@@ -309,7 +313,7 @@ def test_limits_describe_wording() -> None:
 
 def test_cgroup_v2_files_on_a_fake_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The v2 code path (this machine has v1): which files enter() and kill() write, on plain folders."""
-    monkeypatch.setattr(sb, "CGROUP_ROOT", tmp_path)
+    monkeypatch.setattr(lim, "CGROUP_ROOT", tmp_path)
     parent = tmp_path / "autograder"
     parent.mkdir()
     limits = Limits("cgroup v2", {"": parent}, {"": tmp_path})
@@ -437,7 +441,7 @@ def test_files_only_the_binds(probe: Probe, tmp_path_factory: pytest.TempPathFac
     outside.write_text("solution")
     host_marker = Path(f"/tmp/agsbx-marker-{os.urandom(4).hex()}")
     host_marker.write_text("host")
-    labkit = sb.labkit_dir()
+    labkit = ss.labkit_dir()
     try:
         out, rc, _, log = probe.run("files", {"venv": sys.prefix, "labkit": labkit, "repo": str(REPO),
                                               "outside": str(outside), "ro_dir": str(probe.bin),
@@ -473,7 +477,7 @@ def test_environment_inside(probe: Probe, monkeypatch: pytest.MonkeyPatch) -> No
     assert rc == 0 and out, log
     env = out["env"]
     assert "SECRET_TOKEN" not in env and not any("JUPYTER" in k for k in env)
-    expected = sb.sandbox_env(probe.last_spec)
+    expected = ss.sandbox_env(probe.last_spec)
     assert {k: v for k, v in env.items() if k != "PWD"} == expected  # bwrap sets PWD to the working folder
     assert env.get("PWD", probe.last_spec.cwd) == probe.last_spec.cwd
     assert env["OMP_NUM_THREADS"] == "1" and env["PROBE_SEED"] == "7"
