@@ -1,8 +1,9 @@
 """``python -m autograder demo``: the course end to end on the embedded dataset (~minutes, 2 cores).
 
 1. run the six source notebooks in order under ``smoke`` with one temporary artifacts folder
-   (lab 4 and 5 read what lab 3 and 4 wrote), printing run time, pass/fail and any headline
-   numbers a notebook recorded (``<artifacts>/<lab>*headline*.json``);
+   (lab 4 and 5 read what lab 3 and 4 wrote), printing run time, pass/fail and the headline
+   numbers each notebook recorded (its entry of ``<artifacts>/headlines.json``, see
+   :func:`labkit.artifacts.record_headline`);
 2. build the release (course folder, checkpoints, student versions, bundle) in a temp folder;
 3. grade two students, the reference solutions and the untouched student version, and print
    their grade table.
@@ -75,16 +76,13 @@ def demo(workers: int | None = None, keep: Path | None = None, profile: str = "s
 
 def _grade_two(tmp: Path, labs: list[str], workers: int | None, ok: bool, keep: Path | None) -> int:
     from autograder.grade import grade
+    from autograder.judge import reference_nb
 
     try:
         course, subs = tmp / "course", tmp / "submissions"
         for lab in labs:
             src = nbu.read_nb(course / "source" / lab / f"{lab}.ipynb")
-            for cell in src["cells"]:  # reference: the solutions, markers removed
-                text = nbu.cell_source(cell)
-                if nbu.BEGIN_SOLUTION in text:
-                    cell["source"] = nbu.solution_code(text)
-            nbu.write_json_atomic(subs / "reference" / lab / f"{lab}.ipynb", src)
+            nbu.write_json_atomic(subs / "reference" / lab / f"{lab}.ipynb", reference_nb(src))
             shutil.copytree(course / "release" / lab, subs / "untouched" / lab, dirs_exist_ok=True)
         print("demo: grading two students (reference solutions, untouched student version)")
         rows = grade(subs, tmp / "grades", course, workers=workers, quiet=True)

@@ -131,7 +131,7 @@ def strip_hidden_tests(path: Path, secret_lines: Iterable[str] = (),
     """Remove hidden tests from notebook ``path`` (in place): sources of every cell, outputs of every cell.
 
     Each hidden region becomes one comment line. Every cell's outputs are scrubbed of leak
-    markers, of ``secret_lines`` (e.g. :func:`autograder.notebook.hidden_only_lines` of the
+    markers, of ``secret_lines`` (e.g. the hidden-test lines (`autograder.notebook.hidden_test_lines`) of the
     source notebook) and of the hidden lines found in ``path`` itself: an IPython traceback
     quotes the lines around the failing one, and a hidden test can print through any cell.
     ``verdicts`` (see :func:`add_verdicts`) are added after the scrub, secrets redacted.

@@ -16,7 +16,7 @@ from bs4 import BeautifulSoup, NavigableString, Tag
 from bs4.element import PreformattedString
 from nbconvert.filters import strip_files_prefix
 
-from autograder import notebook as nbu
+from labkit.files import write_text
 from autograder.output_caps import KiB, MiB, human_bytes, utf8_len
 
 # One HTML fragment (a markdown cell, an HTML output, a highlighted code cell) bigger than this
@@ -182,9 +182,9 @@ def sanitize_feedback_file(path: Path, max_bytes: int = 8 * MiB) -> None:
         out = _sanitize(raw[:limit].decode("utf-8", "replace"), note)
         size = utf8_len(out)
         if size <= max_bytes:
-            nbu.write_text_atomic(path, out)
+            write_text(path, out)
             return
         limit = max(0, min(limit, len(raw)) * max_bytes // size - 4 * KiB)
     note = f"This feedback page was {len(raw):,} bytes, over the {human_bytes(max_bytes)} limit, and is not shown."
-    nbu.write_text_atomic(path, _sanitize(f"<!DOCTYPE html><html><head><meta charset='utf-8'></head>"
+    write_text(path, _sanitize(f"<!DOCTYPE html><html><head><meta charset='utf-8'></head>"
                                           f"<body><p>{_html.escape(note)}</p></body></html>"))

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -32,6 +31,8 @@ from typing import Any
 
 from autograder import notebook as nbu
 from autograder.collect import Job
+from autograder.logs import error_line, last_line
+from labkit.files import write_text
 from autograder.submission import load_notebook, sanitize_notebook
 
 KERNEL_NAME = "ag-sandbox"
@@ -291,9 +292,7 @@ def feedback(api: Any, job: Job, jdir: Path, source_nb: dict, verdicts: dict[str
     if not (res.get("success") and html.is_file()):
         return "feedback failed: " + last_line(res.get("error") or "")
     sanitize_feedback_file(html)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(html, out.with_suffix(".tmp"))
-    os.replace(out.with_suffix(".tmp"), out)
+    write_text(out, html.read_text(encoding="utf-8"))
     return None
 
 
@@ -369,18 +368,3 @@ def remove_tree(path: Path) -> None:
         subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)], capture_output=True, timeout=600)
     except (OSError, subprocess.SubprocessError):
         pass
-
-
-def error_line(log: str, error: str) -> str:
-    """The most telling line of a failed nbgrader run (its log holds the real exception)."""
-    for text in (log, error):
-        for line in reversed(str(text).splitlines()):
-            if re.search(r"(Error|Exception)\b.*:", line) and "NbGraderException" not in line:
-                return line.strip()[:200]
-    return last_line(error or log)
-
-
-def last_line(text: str) -> str:
-    """The last non-blank line of ``text`` (≤ 200 characters), or "unknown error"."""
-    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
-    return lines[-1][:200] if lines else "unknown error"

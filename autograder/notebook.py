@@ -1,17 +1,16 @@
-"""Reading nbgrader source notebooks: labs, graded cells, solutions, and leak checks.
+"""Reading nbgrader source notebooks: labs, graded cells, solutions, hidden-test regions.
 
 Instructor code that needs a graded function (release checkpoints, test fixtures,
-benchmarks) takes it from the source notebook's solution cell with :func:`load_solution`,
-so the reference solution exists exactly once.
+benchmarks) takes it from the source notebook's solution cell with :func:`load_solution`
+(or :func:`load_solutions`), so the reference solution exists exactly once.
 """
 from __future__ import annotations
 
 import contextlib
 import io
-
 import json
-import re
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from labkit.files import write_text
@@ -55,13 +54,9 @@ def read_nb(path: Path) -> dict:
 
 
 def write_json_atomic(path: Path, data: Any) -> Path:
-    """Write JSON to ``path`` through a temp file + rename."""
+    """The autograder's one JSON writer: notebook format (1-space indent, UTF-8 kept, final newline),
+    through :func:`labkit.files.write_text` (temp file + rename)."""
     return write_text(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temp file + rename."""
-    return write_text(path, text)
 
 
 def cell_source(cell: dict) -> str:
@@ -96,18 +91,6 @@ def graded_names(nb: dict) -> list[str]:
             if gid and gid != "setup":
                 names.append(gid)
     return names
-
-
-def test_cells(nb: dict, name: str | None = None) -> list[dict]:
-    """Autograded test cells (``grade: true`` code cells), those of ``name`` when given."""
-    out = []
-    for cell in nb["cells"]:
-        meta = nbgrader_meta(cell)
-        if cell.get("cell_type") == "code" and meta.get("grade") and not meta.get("solution"):
-            gid = meta.get("grade_id", "")
-            if name is None or gid.startswith(f"test_{name}"):
-                out.append(cell)
-    return out
 
 
 def points(cell: dict) -> float:
@@ -159,6 +142,12 @@ def load_solution(lab: str, name: str, notebooks: Path = NOTEBOOKS,
     return ns[name]
 
 
+def load_solutions(lab: str, names: list[str], notebooks: Path = NOTEBOOKS) -> SimpleNamespace:
+    """The reference implementations of the graded ``names`` of ``lab`` as one namespace
+    (``ns.global_bn_threshold(...)``), each from its solution cell (:func:`load_solution`)."""
+    return SimpleNamespace(**{name: load_solution(lab, name, notebooks) for name in names})
+
+
 def region_lines(nb: dict, begin: str, end: str) -> list[str]:
     """Every non-blank line (stripped) between the markers ``begin`` and ``end`` in ``nb``."""
     lines = []
@@ -177,35 +166,3 @@ def region_lines(nb: dict, begin: str, end: str) -> list[str]:
 def hidden_test_lines(nb: dict) -> list[str]:
     """Every non-blank line inside a hidden-test region of ``nb`` (stripped), for leak checks."""
     return region_lines(nb, BEGIN_HIDDEN, END_HIDDEN)
-
-
-def hidden_only_lines(nb: dict) -> list[str]:
-    """Hidden-test lines that occur nowhere else in ``nb`` (not in visible tests, solutions, prose).
-
-    A line such as ``for m in model.modules():`` in a hidden test may also be in the reference
-    solution, and so legitimately in a student's own cells; it cannot tell a leak apart.
-    """
-    elsewhere = {ln.strip() for c in nb["cells"]
-                 for ln in strip_region(cell_source(c), BEGIN_HIDDEN, END_HIDDEN, None).splitlines()}
-    return [ln for ln in hidden_test_lines(nb) if ln not in elsewhere]
-
-
-def solution_lines(nb: dict) -> list[str]:
-    """Every non-blank line inside a solution region of ``nb`` (stripped)."""
-    return region_lines(nb, BEGIN_SOLUTION, END_SOLUTION)
-
-
-def find_leaks(text: str, secret_lines: list[str] = (), min_len: int = 12) -> list[str]:
-    """Markers and secret lines (of at least ``min_len`` characters) that occur in ``text``.
-
-    Short lines such as ``pass`` or ``return x`` are skipped: they also occur in honest text.
-    Text is also checked with HTML-escaping undone, because feedback is HTML.
-    """
-    import html
-
-    plain = html.unescape(re.sub(r"<[^>]+>", "", text))
-    found = [m for m in LEAK_MARKERS if m in text or m in plain]
-    for line in secret_lines:
-        if len(line) >= min_len and (line in text or line in plain):
-            found.append(line)
-    return found

@@ -24,12 +24,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autograder import notebook as nbu
+from autograder.logs import error_line
+from labkit.artifacts import artifact_name
+from labkit.files import atomic_open
+from labkit.profile import resolve
 
 REPO = nbu.REPO
+# The profile the producing notebooks run under (run_notebook's default). Only its name and
+# dataset go into file names; the fixed device and folder keep this import from probing for a
+# GPU or reading the working directory.
+_SMOKE = resolve({"LABKIT_PROFILE": "smoke", "LABKIT_DEVICE": "cpu", "LABKIT_ARTIFACTS": str(REPO)})
 # checkpoint prerequisites: lab -> [(lab that produces it, file glob)]
 CHECKPOINTS = {
-    "lab4_vgg_prune": [("lab3_sparsity_training", "lab3-vgg_sparse-smoke-digits.pt")],
-    "lab5_finetune_pruned": [("lab4_vgg_prune", "lab4-*-smoke-digits.pt")],
+    "lab4_vgg_prune": [("lab3_sparsity_training", artifact_name("lab3", "vgg_sparse", _SMOKE))],
+    "lab5_finetune_pruned": [("lab4_vgg_prune", artifact_name("lab4", "*", _SMOKE))],
 }
 PRODUCERS = ("lab3_sparsity_training", "lab4_vgg_prune")
 BUNDLE_FILES = ("pyproject.toml", "environment.yml")
@@ -83,16 +91,8 @@ def run_notebook(path: Path, artifacts: Path, timeout: int = 600, profile: str =
                                         resources={"metadata": {"path": str(cwd)}}).execute()
             error = None
         except Exception as exc:  # noqa: BLE001 - reported per lab
-            error = f"{type(exc).__name__}: {nbu_last_line(str(exc))}"
+            error = f"{type(exc).__name__}: {error_line(str(exc))}"
         return RunResult(lab, time.perf_counter() - t0, error)
-
-
-def nbu_last_line(text: str) -> str:
-    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-    for ln in reversed(lines):  # nbclient puts the exception line near the end
-        if "Error" in ln:
-            return ln.strip()[:200]
-    return (lines[-1] if lines else "").strip()[:200]
 
 
 def build_checkpoints(course: Path, labs: list[str], notebooks: Path = nbu.NOTEBOOKS,
@@ -137,8 +137,8 @@ def build_checkpoints(course: Path, labs: list[str], notebooks: Path = nbu.NOTEB
                 if not found:
                     raise ReleaseError(f"{producer} ran but wrote no {pattern} into LABKIT_ARTIFACTS")
                 for f in found:
-                    shutil.copyfile(f, dest / (f.name + ".tmp"))
-                    os.replace(dest / (f.name + ".tmp"), dest / f.name)
+                    with open(f, "rb") as src, atomic_open(dest / f.name, "wb") as copy:
+                        shutil.copyfileobj(src, copy)
                     files.append(dest / f.name)
             shipped[lab] = files
     return shipped
@@ -186,7 +186,7 @@ def build_course(course: Path, labs: list[str] | None = None, notebooks: Path = 
             res = api.generate_assignment(lab, force=True, create=True)
             if not res.get("success"):
                 raise ReleaseError(f"nbgrader generate_assignment {lab} into {config.CourseDirectory.db_url} failed: "
-                                   f"{nbu_last_line(res.get('error') or res.get('log') or '')}")
+                                   f"{error_line(res.get('error') or res.get('log') or '')}")
             if config is configs[0]:
                 log(f"release: generated the student version of {lab}")
     build_judge(course, labs, log)
@@ -282,15 +282,13 @@ def build_bundle(course: Path, out: Path, labs: list[str] | None = None, repo: P
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     zpath = out / "student-bundle.zip"
-    tmpzip = out / ".student-bundle.zip.tmp"
-    with zipfile.ZipFile(tmpzip, "w", zipfile.ZIP_DEFLATED) as zf:
+    with atomic_open(zpath, "wb") as fz, zipfile.ZipFile(fz, "w", zipfile.ZIP_DEFLATED) as zf:
         for path in sorted(final.rglob("*")):
             if path.is_file():
                 info = zipfile.ZipInfo(str(Path("student-bundle") / path.relative_to(final)), (2020, 1, 1, 0, 0, 0))
                 info.compress_type = zipfile.ZIP_DEFLATED
                 info.external_attr = 0o644 << 16
                 zf.writestr(info, path.read_bytes())
-    os.replace(tmpzip, zpath)
     return final, zpath
 
 

@@ -10,7 +10,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from autograder import notebook as nbu
+from labkit.files import write_text
 
 GRADES_COLUMNS = ["assignment", "duedate", "timestamp", "student_id", "last_name", "first_name", "email",
                   "raw_score", "late_submission_penalty", "score", "max_score", "status", "problems"]
@@ -71,7 +71,7 @@ def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(header)
     w.writerows([[_inert(c) for c in row] for row in rows])
-    nbu.write_text_atomic(path, buf.getvalue())
+    write_text(path, buf.getvalue())
 
 
 def merge_gradebook(results: dict[tuple[str, str], dict], db_url: str) -> None:

@@ -108,6 +108,7 @@ def write_kernelspec(kernels_dir: Path, name: str, spec_path: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     text = json.dumps({"argv": argv, "display_name": f"Python 3 (sandboxed, {name})", "language": "python",
                        "interrupt_mode": "message", "metadata": {"debugger": False}}, indent=1)
+    # its own temp-file write: this module stays stdlib-only (the kernel launcher imports it)
     fd, tmp = tempfile.mkstemp(prefix=".kernel.json.", dir=folder)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)

@@ -13,7 +13,7 @@
 (:mod:`bench.pipeline`).
 
 This module holds what every section shares: the machine description, ratios, the
-reproducing command and atomic file writes. Every row a section returns is a dict with at
+reproducing command and the results' JSON writer. Every row a section returns is a dict with at
 least ``section``, ``name``, ``command``, ``wall_s`` and ``machine``.
 """
 from __future__ import annotations
@@ -86,16 +86,12 @@ def command(section: str, smoke: bool, extra: str = "") -> str:
     return " ".join(parts)
 
 
-def write_atomic(path: Path | str, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and a rename."""
+def write_json(path: Path | str, obj: Any) -> Path:
+    """``obj`` as indented JSON (NaN/inf refused: they are not JSON), written atomically
+    (:func:`labkit.files.write_text`, which every other bench file goes through too)."""
     from labkit.files import write_text
 
-    return write_text(path, text)
-
-
-def write_json(path: Path | str, obj: Any) -> Path:
-    """``obj`` as indented JSON (NaN/inf refused: they are not JSON), written atomically."""
-    return write_atomic(path, json.dumps(obj, indent=2, allow_nan=False, default=str) + "\n")
+    return write_text(path, json.dumps(obj, indent=2, allow_nan=False, default=str) + "\n")
 
 
 def log(msg: str) -> None:

@@ -11,7 +11,7 @@ The zeros stay in dense tensors, so FLOPs and latency do not change: masks alone
 up dense inference.
 
 The graded functions come from the source notebooks' solution cells
-(:func:`autograder.solutions.load_solution`); this module has no copy of them.
+(:func:`autograder.notebook.load_solutions`); this module has no copy of them.
 
 Before pruning, the BatchNorm scales ``gamma`` need the shape that sparsity training gives them
 (many near zero, a heavy tail of large ones), otherwise the global threshold is meaningless.
@@ -31,7 +31,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from autograder.notebook import load_solutions
 from bench import command, log, machine_info, ratio
+from labkit.profile import SIZES
 
 LATENCY_GOAL = 1.3  # latency ratio may exceed the FLOPs ratio by at most this factor
 
@@ -39,10 +41,13 @@ LATENCY_GOAL = 1.3  # latency ratio may exceed the FLOPs ratio by at most this f
 @dataclass(frozen=True)
 class PruningConfig:
     """Sizes: model, pruning amounts, latency repeats (``rounds`` interleave the models so that
-    a busy moment of the shared machine does not hit one model only; the best median is kept)."""
+    a busy moment of the shared machine does not hit one model only; the best median is kept).
 
-    depth: int = 19
-    width: float = 1.0
+    The model defaults to the ``full`` profile's VGG (:data:`labkit.profile.SIZES`): the network
+    a full-profile lab 3 artifact fits (see :func:`sparse_vgg`)."""
+
+    depth: int = SIZES["full"].vgg_depth
+    width: float = SIZES["full"].width
     structured: tuple[float, ...] = (0.5, 0.7)
     unstructured: tuple[float, ...] = (0.5, 0.9)
     batches: tuple[int, ...] = (1, 64)
@@ -57,8 +62,11 @@ class PruningConfig:
         return 30 if batch == 1 else 3
 
 
+# Model sizes are labkit's profiles (labkit.profile.SIZES), not a second set: the default run prunes
+# the ``full`` profile's VGG, ``--smoke`` the same depth at the ``smoke`` profile's width. Only the
+# measurement settings (repeats, warm-up, rounds) belong to the benchmark.
 FULL = PruningConfig()
-SMOKE = PruningConfig(width=0.125, repeats={1: 2, 64: 2}, warmup=1, rounds=1)
+SMOKE = PruningConfig(width=SIZES["smoke"].width, repeats={1: 2, 64: 2}, warmup=1, rounds=1)
 
 
 # --------------------------------------------------------------------------- the model
@@ -167,17 +175,13 @@ def _row_common(section: str, name: str, smoke: bool, gamma_source: str) -> dict
             "command": command(section, smoke), "machine": machine_info("cpu")}
 
 
-def _load(lab_id: str, names: list[str]) -> Any:
-    """A namespace holding the graded functions ``names`` of ``lab_id``'s source notebook."""
-    from types import SimpleNamespace
-
-    from autograder.solutions import load_solution
-
-    return SimpleNamespace(**{name: load_solution(lab_id, name) for name in names})
+# The old private name of the loader: bench/pipeline.py imports it until it imports
+# autograder.notebook.load_solutions itself.
+_load = load_solutions
 
 
 def run_structured(smoke: bool = False, cfg: PruningConfig | None = None,
-                   loader: Callable[[str, list[str]], Any] = _load) -> list[dict]:
+                   loader: Callable[[str, list[str]], Any] = load_solutions) -> list[dict]:
     """Rows for structured pruning at each amount of ``cfg.structured`` (see module doc)."""
     from labkit.metrics import count_params, flops
 
@@ -222,7 +226,7 @@ def run_structured(smoke: bool = False, cfg: PruningConfig | None = None,
 
 
 def run_unstructured(smoke: bool = False, cfg: PruningConfig | None = None,
-                     loader: Callable[[str, list[str]], Any] = _load) -> list[dict]:
+                     loader: Callable[[str, list[str]], Any] = load_solutions) -> list[dict]:
     """Rows for magnitude pruning at each amount of ``cfg.unstructured`` (see module doc)."""
     from labkit.metrics import count_nonzero, count_params, flops
 

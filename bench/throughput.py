@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from bench import command, log, machine_info, ratio
+from labkit.profile import SIZES
 
 DEFAULT_ARCHIVE = Path("/work/shared/datasets/cifar10-jpeg.tar.gz")
 _MEMBER = re.compile(r"^(?:\./)?train/([^/]+)/(\d+)\.jpg$")
@@ -47,20 +48,24 @@ class ThroughputConfig:
     ``per_class``: training images per class in the JPEG folder; ``rounds``: epochs measured per
     path, alternating baseline / labkit, best one kept (the machine is shared, so the fastest
     epoch is the least disturbed one); ``workers``: DataLoader worker processes (``None`` =
-    ``min(cores, 8)``).
+    ``min(cores, 8)``). The network and batch size default to the ``fast`` profile's
+    (:data:`labkit.profile.SIZES`): what a student's default run trains.
     """
 
-    depth: int = 11
-    width: float = 0.25
-    batch_size: int = 256  # the fast pipeline's batch size
+    depth: int = SIZES["fast"].vgg_depth
+    width: float = SIZES["fast"].width
+    batch_size: int = SIZES["fast"].batch_size
     per_class: int = 500
     rounds: int = 2
     workers: int | None = None
     warmup_batches: int = 3
 
 
-FULL = ThroughputConfig()
-SMOKE = ThroughputConfig(width=0.125, batch_size=32, per_class=16, rounds=1, warmup_batches=1)
+# Model sizes are labkit's profiles (labkit.profile.SIZES), not a second set: the default run trains
+# the ``fast`` profile's VGG, ``--smoke`` the ``smoke`` profile's width on a tiny JPEG folder
+# (batch 32: the folder holds 16 images per class).
+FAST = ThroughputConfig()
+SMOKE = ThroughputConfig(width=SIZES["smoke"].width, batch_size=32, per_class=16, rounds=1, warmup_batches=1)
 
 
 # --------------------------------------------------------------------------- the JPEG folder
@@ -189,13 +194,32 @@ def _timed_epoch(model: torch.nn.Module, loader: Any, device: str, amp: bool | N
     return seconds, images
 
 
+def _rounds(init: torch.nn.Module, data: Any, folder: Path, name: str, cfg: ThroughputConfig, workers: int,
+            dev: str) -> tuple[list[float], list[float], int]:
+    """Images/s of each round of both paths, alternating (torchvision first), and images per epoch."""
+    from labkit.data import Loader
+
+    base_runs: list[float] = []
+    kit_runs: list[float] = []
+    images = 0
+    for r in range(cfg.rounds):
+        base = torchvision_loader(folder, name, cfg.batch_size, workers, dev, seed=r)
+        s, images_b = _timed_epoch(copy.deepcopy(init), base, dev, amp=False)
+        base_runs.append(images_b / s)
+        kit = Loader(data, cfg.batch_size, train=True, device=dev, seed=r)
+        s, images = _timed_epoch(copy.deepcopy(init), kit, dev, amp=None)
+        kit_runs.append(images / s)
+        log(f"[throughput] round {r + 1}/{cfg.rounds}: torchvision {base_runs[-1]:.0f} img/s, "
+            f"labkit {kit_runs[-1]:.0f} img/s")
+    return base_runs, kit_runs, images
+
+
 def run(smoke: bool = False, device: str | None = None, cfg: ThroughputConfig | None = None) -> list[dict]:
     """Measure both paths side by side; returns one row (images/s of each, ratio, goal)."""
-    from labkit.data import Loader
     from labkit.models import vgg
     from labkit.profile import default_device
 
-    cfg = cfg or (SMOKE if smoke else FULL)
+    cfg = cfg or (SMOKE if smoke else FAST)
     dev = device or default_device()
     workers = cfg.workers if cfg.workers is not None else min(os.cpu_count() or 1, 8)
     goal = 5.0 if dev == "cuda" else 2.0
@@ -213,18 +237,7 @@ def run(smoke: bool = False, device: str | None = None, cfg: ThroughputConfig | 
         torch.manual_seed(0)
         init = vgg(cfg.depth, width=cfg.width, num_classes=len(data.classes))
         _warm_up(copy.deepcopy(init), dev, cfg.batch_size, cfg.warmup_batches)
-        base_runs: list[float] = []
-        kit_runs: list[float] = []
-        images = 0
-        for r in range(cfg.rounds):
-            base = torchvision_loader(tmp, name, cfg.batch_size, workers, dev, seed=r)
-            s, images_b = _timed_epoch(copy.deepcopy(init), base, dev, amp=False)
-            base_runs.append(images_b / s)
-            kit = Loader(data, cfg.batch_size, train=True, device=dev, seed=r)
-            s, images = _timed_epoch(copy.deepcopy(init), kit, dev, amp=None)
-            kit_runs.append(images / s)
-            log(f"[throughput] round {r + 1}/{cfg.rounds}: torchvision {base_runs[-1]:.0f} img/s, "
-                f"labkit {kit_runs[-1]:.0f} img/s")
+        base_runs, kit_runs, images = _rounds(init, data, tmp, name, cfg, workers, dev)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     base_best, kit_best = max(base_runs), max(kit_runs)

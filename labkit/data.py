@@ -1,5 +1,7 @@
 """Datasets in memory, their prepared caches, augmentation and a device-resident loader.
 
+Over the kit's 400-line guide on purpose: the cache format, ``ImageData`` and ``Loader`` are one contract.
+
 Every dataset is an :class:`ImageData`: all images as one ``uint8`` tensor
 ``[N, 3, H, W]`` (pixel values 0..255) and ``int64`` labels ``[N]``. The datasets
 are small enough (CIFAR-10: 184 MB as uint8) to live in memory, and on 2 CPU
@@ -214,35 +216,32 @@ def load_digits32() -> tuple[ImageData, ImageData]:
             ImageData(images[te].clone(), labels[te].clone(), DIGITS_CLASSES, "digits"))
 
 
-def _missing(name: str, path: Path, how: str) -> FileNotFoundError:
-    return FileNotFoundError(f"{name} is not prepared ({path} not found): {how}, "
-                             f"or set LABKIT_DATASET=digits to use the embedded dataset")
+def _prepared(name: str, title: str, path: Path, splits: tuple[str, ...], prepare: str,
+              how: str) -> list[ImageData]:
+    """The ``splits`` of the cache at ``path``; errors say how to prepare it (``python -m data_scripts {prepare}``)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{title} is not prepared ({path} not found): run `python -m data_scripts "
+                                f"{prepare} --root {path.parent.parent}`{how}, or set LABKIT_DATASET=digits to "
+                                f"use the embedded dataset")
+    s = read_cache(path, name)
+    if set(s) != set(splits):
+        raise ValueError(f"{path} holds splits {sorted(s)}, expected {', '.join(splits[:-1])} and {splits[-1]}; "
+                         f"prepare it again with `python -m data_scripts {prepare}`")
+    return [s[split] for split in splits]
 
 
 def load_cifar10(root: Path | None = None) -> tuple[ImageData, ImageData]:
     """CIFAR-10 ``(train, test)`` (50,000 / 10,000 images, uint8 ``[N, 3, 32, 32]``) from the cache."""
-    path = cache_path("cifar10", root)
-    if not path.is_file():
-        raise _missing("CIFAR-10", path, f"run `python -m data_scripts cifar10 --from ARCHIVE --root "
-                                         f"{path.parent.parent}` (or without --from to download it)")
-    s = read_cache(path, "cifar10")
-    if set(s) != {"train", "test"}:
-        raise ValueError(f"{path} holds splits {sorted(s)}, expected train and test; prepare it again "
-                         f"with `python -m data_scripts cifar10 --from ARCHIVE`")
-    return s["train"], s["test"]
+    train, test = _prepared("cifar10", "CIFAR-10", cache_path("cifar10", root), ("train", "test"),
+                            "cifar10 --from ARCHIVE", " (or without --from to download it)")
+    return train, test
 
 
 def load_food11(root: Path | None = None, size: int = 64) -> tuple[ImageData, ImageData, ImageData]:
     """Food-11 ``(train, valid, test)`` at ``size x size`` pixels from the cache for that size."""
-    path = cache_path("food11", root, size)
-    if not path.is_file():
-        raise _missing("Food-11", path, f"run `python -m data_scripts food11 --from ARCHIVE --size {size} "
-                                        f"--root {path.parent.parent}` with the Food-11 zip")
-    s = read_cache(path, "food11")
-    if set(s) != {"train", "valid", "test"}:
-        raise ValueError(f"{path} holds splits {sorted(s)}, expected train, valid and test; prepare it "
-                         f"again with `python -m data_scripts food11 --from ARCHIVE --size {size}`")
-    return s["train"], s["valid"], s["test"]
+    train, valid, test = _prepared("food11", "Food-11", cache_path("food11", root, size), ("train", "valid", "test"),
+                                   f"food11 --from ARCHIVE --size {size}", " with the Food-11 zip")
+    return train, valid, test
 
 
 def load_dataset(name: str | None = None, profile: Profile | None = None) -> tuple[ImageData, ImageData]:

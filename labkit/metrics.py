@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 __all__ = ["count_params", "count_nonzero", "flops", "macs", "serialized_size", "latency",
-           "zero_fraction", "accuracy", "confusion_matrix", "macro_f1", "classification_report"]
+           "accuracy", "confusion_matrix", "macro_f1", "model_device", "as_state_dict"]
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
@@ -36,10 +36,19 @@ def count_nonzero(model: nn.Module) -> int:
     return total
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter, else of its first buffer, else the CPU."""
     for t in list(model.parameters()) + list(model.buffers()):
         return t.device
     return torch.device("cpu")
+
+
+def as_state_dict(model_or_state: nn.Module | Mapping[str, Any], caller: str) -> Mapping[str, Any]:
+    """``model.state_dict()`` of a module, a mapping as it is; ``TypeError`` naming ``caller`` otherwise."""
+    state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
+    if not isinstance(state, Mapping):
+        raise TypeError(f"{caller} needs a model or a state dict, got {type(state).__name__}")
+    return state
 
 
 def flops(model: nn.Module, input_size: Sequence[int] = (1, 3, 32, 32)) -> int:
@@ -50,7 +59,7 @@ def flops(model: nn.Module, input_size: Sequence[int] = (1, 3, 32, 32)) -> int:
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    x = torch.randn(*input_size, device=_model_device(model))
+    x = torch.randn(*input_size, device=model_device(model))
     was_training = model.training
     model.eval()
     try:
@@ -73,10 +82,7 @@ def serialized_size(model_or_state_dict: nn.Module | Mapping[str, Any],
     ``dtype`` (e.g. ``torch.float16``) first casts every floating-point tensor, which is how
     a half-precision checkpoint would be stored; integer buffers keep their dtype.
     """
-    state = (model_or_state_dict.state_dict() if isinstance(model_or_state_dict, nn.Module)
-             else model_or_state_dict)
-    if not isinstance(state, Mapping):
-        raise TypeError(f"serialized_size needs a model or a state dict, got {type(state).__name__}")
+    state = as_state_dict(model_or_state_dict, "serialized_size")
     if dtype is not None:
         state = {k: (v.detach().to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v)
                  for k, v in state.items()}
@@ -103,7 +109,7 @@ def latency(model: nn.Module, batch_size: int = 1, input_size: Sequence[int] = (
     if repeats < 1 or warmup < 0 or batch_size < 1:
         raise ValueError(f"need repeats >= 1, warmup >= 0, batch_size >= 1; got "
                          f"repeats={repeats}, warmup={warmup}, batch_size={batch_size}")
-    here = _model_device(model)
+    here = model_device(model)
     dev = here if device is None else torch.device(device)
     # "cuda" and "cuda:0" name the same device: only copy when the type or index differs
     same = here.type == dev.type and (dev.index is None or here.index in (None, dev.index))
@@ -126,13 +132,6 @@ def latency(model: nn.Module, batch_size: int = 1, input_size: Sequence[int] = (
     return statistics.median(times)
 
 
-def zero_fraction(t: torch.Tensor) -> float:
-    """Fraction of the elements of ``t`` that are exactly zero."""
-    if t.numel() == 0:
-        raise ValueError("zero_fraction of an empty tensor is undefined")
-    return float((t == 0).sum().item()) / t.numel()
-
-
 def _as_preds(x: torch.Tensor) -> torch.Tensor:
     """Logits ``[N, C]`` -> predicted labels ``[N]``; labels ``[N]`` pass through."""
     x = torch.as_tensor(x).detach().cpu()
@@ -148,11 +147,8 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((preds == labels).float().mean().item())
 
 
-def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """int64 ``[C, C]`` counts: row = true class, column = predicted class.
-
-    ``preds`` are predicted labels ``[N]`` or logits ``[N, C]``.
-    """
+def _checked(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted labels and labels as int64 arrays, both ``[N]`` and in ``[0, num_classes)``."""
     preds, labels = _as_preds(preds), torch.as_tensor(labels).detach().cpu().long()
     if preds.shape != labels.shape:
         raise ValueError(f"preds {tuple(preds.shape)} and labels {tuple(labels.shape)} differ in shape")
@@ -160,55 +156,34 @@ def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int
         if t.numel() and (t.min() < 0 or t.max() >= num_classes):
             raise ValueError(f"{name} must lie in [0, {num_classes - 1}]; got values "
                              f"{int(t.min())}..{int(t.max())}")
-    return torch.bincount(labels * num_classes + preds,
-                          minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    return preds.numpy(), labels.numpy()
+
+
+def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """int64 ``[C, C]`` counts: row = true class, column = predicted class (``sklearn.metrics``).
+
+    ``preds`` are predicted labels ``[N]`` or logits ``[N, C]``. Every one of the ``num_classes``
+    classes has its row and column, also a class that is neither present nor predicted (zeros).
+    """
+    from sklearn.metrics import confusion_matrix as sk_confusion_matrix
+
+    p, y = _checked(preds, labels, num_classes)
+    if not len(y):  # sklearn refuses empty input; no sample, no count
+        return torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    return torch.as_tensor(sk_confusion_matrix(y, p, labels=list(range(num_classes))), dtype=torch.int64)
 
 
 def macro_f1(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
-    """Unweighted mean over all ``num_classes`` of the per-class F1 score.
+    """Unweighted mean over all ``num_classes`` of the per-class F1 score (``sklearn.metrics``).
 
-    A class that is neither present nor predicted scores 0, as in
+    A class that is neither present nor predicted scores 0 and still counts in the mean:
     ``sklearn.metrics.f1_score(average="macro", labels=range(C), zero_division=0)``.
     """
-    cm = confusion_matrix(preds, labels, num_classes).double()
-    tp = cm.diag()
-    denom = 2 * tp + (cm.sum(0) - tp) + (cm.sum(1) - tp)  # 2TP + FP + FN
-    f1 = torch.where(denom > 0, 2 * tp / denom.clamp(min=1), torch.zeros_like(tp))
-    return float(f1.mean().item())
+    from sklearn.metrics import f1_score
 
-
-def classification_report(logits: torch.Tensor, labels: torch.Tensor, classes: Sequence[str],
-                          ks: Sequence[int] = (1, 3)) -> dict[str, Any]:
-    """Top-k accuracies and per-class recall of logits ``[N, C]`` against labels ``[N]``.
-
-    Returns ``{"n": N, "top1": float, "top3": float, ..., "per_class_recall": float32 [C]
-    tensor (NaN for a class with no test images), "classes": list[str]}``.
-    """
-    # Lab 1 grades students on writing top-k and per-class accuracy themselves, so labkit must
-    # not contain its own implementation of that logic: this delegates to scikit-learn.
-    from sklearn.metrics import recall_score, top_k_accuracy_score
-
-    scores = torch.as_tensor(logits).detach().float().cpu()
-    y = torch.as_tensor(labels).detach().cpu().long().numpy()
-    num_classes = len(classes)
-    if scores.ndim != 2 or scores.shape[1] != num_classes or scores.shape[0] != len(y):
-        raise ValueError(f"need logits [N, {num_classes}] and labels [N]; got "
-                         f"{tuple(scores.shape)} and {tuple(y.shape)}")
-    label_ids = list(range(num_classes))
-    report: dict[str, Any] = {"n": int(len(y)), "classes": list(classes)}
+    p, y = _checked(preds, labels, num_classes)
+    if not len(y):  # sklearn refuses empty input; every class scores 0
+        return 0.0
     with warnings.catch_warnings():  # sklearn warns (stderr) on degenerate inputs
         warnings.simplefilter("ignore")
-        for k in ks:
-            if k >= num_classes:
-                report[f"top{k}"] = 1.0  # every class is among the top k
-            elif num_classes == 2:
-                # binary mode of sklearn wants the probability of class 1 (threshold 0.5)
-                report[f"top{k}"] = float(top_k_accuracy_score(
-                    y, scores.softmax(1)[:, 1].numpy(), k=k, labels=label_ids))
-            else:
-                report[f"top{k}"] = float(top_k_accuracy_score(y, scores.numpy(), k=k,
-                                                               labels=label_ids))
-        recall = recall_score(y, scores.argmax(1).numpy(), labels=label_ids, average=None,
-                              zero_division=np.nan)
-    report["per_class_recall"] = torch.as_tensor(np.asarray(recall, dtype=np.float32))
-    return report
+        return float(f1_score(y, p, labels=list(range(num_classes)), average="macro", zero_division=0))

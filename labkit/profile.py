@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import os
 import random
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -121,8 +122,10 @@ def default_device() -> str:
     return "cpu"
 
 
-def default_data_root() -> Path:
-    return Path(os.environ.get("LABKIT_DATA_ROOT") or Path.home() / ".cache" / "labkit" / "data")
+def default_data_root(environ: Mapping[str, str] | None = None) -> Path:
+    """``LABKIT_DATA_ROOT`` of ``environ`` (default ``os.environ``), else ``~/.cache/labkit/data``."""
+    env = os.environ if environ is None else environ
+    return Path(env.get("LABKIT_DATA_ROOT") or Path.home() / ".cache" / "labkit" / "data")
 
 
 def resolve(environ: dict[str, str] | None = None) -> Profile:
@@ -140,7 +143,7 @@ def resolve(environ: dict[str, str] | None = None) -> Profile:
     else:
         device = default_device()
 
-    data_root = Path(env.get("LABKIT_DATA_ROOT") or Path.home() / ".cache" / "labkit" / "data")
+    data_root = default_data_root(env)
     dataset = env.get("LABKIT_DATASET")
     if dataset:
         dataset = _choose("LABKIT_DATASET", dataset, DATASETS)

@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +23,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from labkit.files import write_text
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -62,15 +63,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file + rename, so no reader sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def cell_source(cell: dict) -> str:
@@ -228,9 +220,9 @@ def _jupyter_settings(config_dir: Path) -> None:
     * no news fetch / update check, so no notification toast covers the toolbar.
     """
     user = config_dir / "lab" / "user-settings" / "@jupyterlab"
-    write_atomic(user / "notebook-extension" / "tracker.jupyterlab-settings",
+    write_text(user / "notebook-extension" / "tracker.jupyterlab-settings",
                  json.dumps({"windowingMode": "none"}))
-    write_atomic(user / "apputils-extension" / "notification.jupyterlab-settings",
+    write_text(user / "apputils-extension" / "notification.jupyterlab-settings",
                  json.dumps({"fetchNews": "false", "checkForUpdates": False}))
 
 

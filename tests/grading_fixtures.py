@@ -1,86 +1,85 @@
-"""Submissions for grading tests: a tiny self-made assignment and a class of hostile notebooks.
+"""Submissions for grading tests: the tiny assignment, a class of hostile notebooks, leak checks.
 
-Everything is built by editing notebook JSON: the reference (source notebook with the
-solution regions kept, markers removed), the blank student version (nbgrader's release) and
-mutants of them. Each builder returns the expected outcome next to the notebook, so the tests
+The tiny lab and the submission writer live in :mod:`autograder.samples` (``bench.grading`` uses
+them too) and the reference in :func:`autograder.judge.reference_nb`; they are imported here under
+the names the tests use (``gf.tiny_notebook``, ``gf.reference``, ...). Everything else is built by
+editing notebook JSON: the reference (source notebook with the solution regions kept, markers
+removed), the blank student version (nbgrader's release) and mutants of them. Each builder returns the expected outcome next to the notebook, so the tests
 assert exact per-cell scores without hard-coding anything a run measures.
 """
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+import html
 import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from autograder import notebook as nbu
+from autograder.judge import reference_nb as reference
+from autograder.samples import TINY_LAB, tiny_notebook, write_submission, write_tiny_source  # noqa: F401
 
-TINY_LAB = "tiny_lab"
+# ----------------------------------------------------------------------------- notebook helpers
+# Read-only helpers over notebook JSON that only the tests need (the grader never calls them).
+
+def test_cells(nb: dict, name: str | None = None) -> list[dict]:
+    """Autograded test cells (``grade: true`` code cells), those of ``name`` when given."""
+    out = []
+    for cell in nb["cells"]:
+        meta = nbu.nbgrader_meta(cell)
+        if cell.get("cell_type") == "code" and meta.get("grade") and not meta.get("solution"):
+            gid = meta.get("grade_id", "")
+            if name is None or gid.startswith(f"test_{name}"):
+                out.append(cell)
+    return out
 
 
-def _meta(**kw) -> dict:
-    base = {"schema_version": 3, "locked": False, "solution": False, "grade": False}
-    base.update(kw)
-    return {"nbgrader": base}
+test_cells.__test__ = False  # a helper, not a test for pytest to collect
 
 
-def _cell(kind: str, source: str, **meta) -> dict:
-    cell = {"cell_type": kind, "metadata": _meta(**meta) if meta else {}, "source": source}
-    if kind == "code":
-        cell.update(execution_count=None, outputs=[])
-    return cell
+def solution_lines(nb: dict) -> list[str]:
+    """Every non-blank line inside a solution region of ``nb`` (stripped)."""
+    return nbu.region_lines(nb, nbu.BEGIN_SOLUTION, nbu.END_SOLUTION)
 
 
-def tiny_notebook() -> dict:
-    """An nbgrader source notebook: setup, two graded functions with tests, one written question.
+def hidden_only_lines(nb: dict) -> list[str]:
+    """Hidden-test lines that occur nowhere else in ``nb`` (not in visible tests, solutions, prose).
 
-    No torch import, so a kernel runs it in about a second.
+    A line such as ``for m in model.modules():`` in a hidden test may also be in the reference
+    solution, and so legitimately in a student's own cells; it cannot tell a leak apart.
     """
-    cells = [
-        _cell("markdown", "# Tiny lab\nA self-made assignment for testing the grader."),
-        _cell("code", "import math\nimport sys\nSCALE = 1\nprint('setup done')",
-              grade_id="setup", locked=True),
-        _cell("markdown", "Write `add(a, b)`."),
-        _cell("code", "def add(a, b):\n    # ─── YOUR CODE ───\n    ### BEGIN SOLUTION\n"
-                      "    return (a + b) * SCALE\n    ### END SOLUTION", grade_id="add", solution=True),
-        _cell("code", "assert add(1, 2) == 3\n### BEGIN HIDDEN TESTS\ndef hidden_checks(rec):\n"
-                      "    rec.check('add(1, 2)', lambda: add(1, 2))\n    rec.check('add(-40, 2)', lambda: add(-40, 2))\n"
-                      "### END HIDDEN TESTS\nprint('add ok')",
-              grade_id="test_add", grade=True, locked=True, points=1),
-        _cell("markdown", "Write `mean(xs)`."),
-        _cell("code", "def mean(xs):\n    # ─── YOUR CODE ───\n    ### BEGIN SOLUTION\n"
-                      "    return math.fsum(xs) / len(xs)\n    ### END SOLUTION", grade_id="mean", solution=True),
-        _cell("code", "assert mean([1, 2, 3]) == 2\n### BEGIN HIDDEN TESTS\ndef hidden_checks(rec):\n"
-                      "    rec.check('mean([1, 2, 3])', lambda: mean([1, 2, 3]))\n"
-                      "    rec.check('mean([0.5, 0.25])', lambda: mean([0.5, 0.25]))\n"
-                      "### END HIDDEN TESTS\nprint('mean ok')",
-              grade_id="test_mean", grade=True, locked=True, points=2),
-        _cell("markdown", "Why is the mean useful?\n\n### BEGIN SOLUTION\nIt summarises a sample.\n"
-                          "### END SOLUTION", grade_id="q_why", solution=True, grade=True, points=1),
-    ]
-    return {"cells": cells, "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python",
-                                                        "name": "python3"},
-                                         "language_info": {"name": "python"}},
-            "nbformat": 4, "nbformat_minor": 5}
+    elsewhere = {ln.strip() for c in nb["cells"]
+                 for ln in nbu.strip_region(nbu.cell_source(c), nbu.BEGIN_HIDDEN, nbu.END_HIDDEN, None).splitlines()}
+    return [ln for ln in nbu.hidden_test_lines(nb) if ln not in elsewhere]
 
 
-def write_tiny_source(notebooks: Path) -> Path:
-    """Write ``notebooks/tiny_lab/tiny_lab.ipynb`` and return the notebooks folder."""
-    nbu.write_json_atomic(notebooks / TINY_LAB / f"{TINY_LAB}.ipynb", tiny_notebook())
-    return notebooks
+def find_leaks(text: str, secret_lines: list[str] = (), min_len: int = 12) -> list[str]:
+    """Markers and secret lines (of at least ``min_len`` characters) that occur in ``text``.
+
+    Short lines such as ``pass`` or ``return x`` are skipped: they also occur in honest text.
+    Text is also checked with HTML-escaping undone, because feedback is HTML.
+    """
+    plain = html.unescape(re.sub(r"<[^>]+>", "", text))
+    found = [m for m in nbu.LEAK_MARKERS if m in text or m in plain]
+    for line in secret_lines:
+        if len(line) >= min_len and (line in text or line in plain):
+            found.append(line)
+    return found
+
+
+def cells_by_grade_id(path: Path) -> dict[str, dict]:
+    """``grade_id -> cell`` (JSON dict) of the notebook at ``path``; the first cell wins on duplicates."""
+    cells: dict[str, dict] = {}
+    for cell in nbu.read_nb(Path(path))["cells"]:
+        gid = nbu.grade_id(cell)
+        if gid and gid not in cells:
+            cells[gid] = cell
+    return cells
 
 
 # ----------------------------------------------------------------------------- variants
-
-def reference(source: dict) -> dict:
-    """The source notebook with solution markers removed and hidden tests kept (a perfect submission)."""
-    nb = copy.deepcopy(source)
-    for cell in nb["cells"]:
-        src = nbu.cell_source(cell)
-        if nbu.BEGIN_SOLUTION in src:
-            cell["source"] = nbu.solution_code(src)
-    return nb
-
 
 def replace_solution(nb: dict, name: str, code: str) -> dict:
     """A copy of ``nb`` whose solution cell ``name`` holds ``code``."""
@@ -108,19 +107,6 @@ def insert_after(nb: dict, gid: str, code: str) -> dict:
     nb["cells"].insert(idx + 1, {"cell_type": "code", "metadata": {}, "source": code,
                                  "execution_count": None, "outputs": []})
     return nb
-
-
-def write_submission(root: Path, student: str, lab: str, nb: dict | str | None,
-                     filename: str | None = None, timestamp: str | None = None) -> Path:
-    """``root/<student>/<lab>/<filename>``; ``nb`` may be a dict, raw text, or None (empty folder)."""
-    folder = root / student / lab
-    folder.mkdir(parents=True, exist_ok=True)
-    if nb is not None:
-        path = folder / (filename or f"{lab}.ipynb")
-        path.write_text(nb if isinstance(nb, str) else json.dumps(nb, indent=1), encoding="utf-8")
-    if timestamp:
-        (folder / "timestamp.txt").write_text(timestamp + "\n")
-    return folder
 
 
 # ----------------------------------------------------------------------------- plausible mistakes
@@ -237,22 +223,12 @@ def first_code_index(nb: dict) -> int:
     return next(i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code")
 
 
-def hostile_class(lab: str, source: dict, release: dict, hide_paths: list[str],
-                  other_lab_nb: dict | None = None, loop_name: str | None = None,
-                  patch_mutant: tuple[str, str] | None = None) -> dict[str, Case]:
-    """The hostile submissions 4-19 for ``lab`` (reference-based; see tests/test_autograder*.py).
-
-    ``loop_name``: graded name whose solution becomes an infinite loop (its test cell times out).
-    ``patch_mutant``: (name, wrong solution code) used with comparator patching (case 17).
-    """
-    ref = reference(source)
-    names = nbu.graded_names(source)
-    tests = [nbu.grade_id(c) for c in nbu.test_cells(source)]
-    loop_name = loop_name or names[0]
+def _edited_notebooks(ref: dict, names: list[str], tests: list[str], loop_name: str) -> dict[str, Case]:
+    """Hostile submissions 4-10: the reference with test cells, solutions or plain cells edited."""
     out: dict[str, Case] = {}
     # 4 edited test cells: every test replaced by a pass-through
     edited = copy.deepcopy(ref)
-    for cell in nbu.test_cells(edited):
+    for cell in test_cells(edited):
         cell["source"] = "print('all good, trust me')"
     out["edited_tests"] = Case(edited)
     # 5 deleted test cells
@@ -277,6 +253,21 @@ def hostile_class(lab: str, source: dict, release: dict, hide_paths: list[str],
     sol = nbu.find_cell(noisy, names[-1])
     sol["source"] = "import sys as _sys\nprint('solution cell says hi', file=_sys.stderr)\n" + nbu.cell_source(sol)
     out["stderr"] = Case(noisy)
+    return out
+
+
+def hostile_class(lab: str, source: dict, release: dict, hide_paths: list[str],
+                  other_lab_nb: dict | None = None, loop_name: str | None = None,
+                  patch_mutant: tuple[str, str] | None = None) -> dict[str, Case]:
+    """The hostile submissions 4-19 for ``lab`` (reference-based; see tests/test_autograder*.py).
+
+    ``loop_name``: graded name whose solution becomes an infinite loop (its test cell times out).
+    ``patch_mutant``: (name, wrong solution code) used with comparator patching (case 17).
+    """
+    ref = reference(source)
+    names = nbu.graded_names(source)
+    tests = [nbu.grade_id(c) for c in test_cells(source)]
+    out = _edited_notebooks(ref, names, tests, loop_name or names[0])
     # 11 malformed JSON
     out["malformed_json"] = Case(json.dumps(ref)[: len(json.dumps(ref)) // 2], zero=("*",), graded=False,
                                  problem="malformed JSON")
@@ -476,7 +467,7 @@ def attack_class(lab: str, source: dict, release: dict, escape: dict, sleep_mark
     """
     ref = reference(source)
     names = nbu.graded_names(source)
-    tests = [nbu.grade_id(c) for c in nbu.test_cells(source)]
+    tests = [nbu.grade_id(c) for c in test_cells(source)]
     out: dict[str, Case] = {}
     code0 = nbu.cell_source(nbu.find_cell(ref, names[0]))
     probe = ESCAPE_PROBE.format(**escape)

@@ -40,9 +40,9 @@ def test_strip_region_keeps_code_around_it():
 
 def test_find_leaks_sees_markers_and_html_escaped_lines():
     html = "<span>assert mean([0.5, 0.25]) == 0.375</span>"
-    assert nbu.find_leaks(html, ["assert mean([0.5, 0.25]) == 0.375"]) == ["assert mean([0.5, 0.25]) == 0.375"]
-    assert nbu.find_leaks("### BEGIN SOLUTION") == ["### BEGIN SOLUTION"]
-    assert nbu.find_leaks("nothing here", ["return x"]) == []  # short lines are not secrets
+    assert gf.find_leaks(html, ["assert mean([0.5, 0.25]) == 0.375"]) == ["assert mean([0.5, 0.25]) == 0.375"]
+    assert gf.find_leaks("### BEGIN SOLUTION") == ["### BEGIN SOLUTION"]
+    assert gf.find_leaks("nothing here", ["return x"]) == []  # short lines are not secrets
 
 
 def test_load_solution_runs_setup_then_solution(tmp_path):
@@ -233,13 +233,13 @@ def test_tiny_sandbox_blocks_network_and_instructor_files(tiny_graded):
 def test_tiny_feedback_has_no_hidden_tests_or_solutions(tiny_graded):
     source, release = tiny_graded["source"], tiny_graded["release"]
     visible = {ln.strip() for c in release["cells"] for ln in nbu.cell_source(c).splitlines()}
-    secrets = [ln for ln in nbu.hidden_test_lines(source) + nbu.solution_lines(source) if ln not in visible]
+    secrets = [ln for ln in nbu.hidden_test_lines(source) + gf.solution_lines(source) if ln not in visible]
     assert secrets  # the check below is not vacuous
     files = sorted((tiny_graded["out"] / "feedback").rglob("*.html"))
     assert len(files) == sum(case.graded for case in tiny_graded["cases"].values())
     for path in files:
         text = path.read_text()
-        leaks = nbu.find_leaks(text, [s for s in nbu.hidden_only_lines(source) if s not in visible])
+        leaks = gf.find_leaks(text, [s for s in gf.hidden_only_lines(source) if s not in visible])
         assert leaks == [], (path, leaks)
 
 
@@ -249,7 +249,7 @@ def test_tiny_student_bundle_has_no_solution(tiny_graded, tmp_path):
     assert not (bundle / "autograder").exists() and not (bundle / "tests").exists()
     assert scan_for_leaks(bundle) == []
     text = "\n".join(p.read_text(errors="replace") for p in bundle.rglob("*.ipynb"))
-    for line in nbu.solution_lines(tiny_graded["source"]) + nbu.hidden_test_lines(tiny_graded["source"]):
+    for line in gf.solution_lines(tiny_graded["source"]) + nbu.hidden_test_lines(tiny_graded["source"]):
         assert line not in text
     with zipfile.ZipFile(zpath) as zf:
         assert f"student-bundle/{gf.TINY_LAB}/{gf.TINY_LAB}.ipynb" in zf.namelist()

@@ -53,7 +53,7 @@ def graded(tmp_path_factory):
         for name in nbu.graded_names(src[lab]):  # one function wrong in a plausible way
             cases[(f"wrong_{name}", lab)] = gf.Case(
                 gf.plausibly_wrong(src[lab], name),
-                zero=tuple(nbu.grade_id(c) for c in nbu.test_cells(src[lab], name)))
+                zero=tuple(nbu.grade_id(c) for c in gf.test_cells(src[lab], name)))
     hide = [str(course / "gradebook.db"), str(course / "source"), str(nbu.NOTEBOOKS), str(subs)]
     for student, case in gf.hostile_class(HOSTILE_LAB, src[HOSTILE_LAB], rel[HOSTILE_LAB], hide,
                                           other_lab_nb=src[OTHER_LAB], patch_mutant=PATCH_MUTANT).items():
@@ -126,13 +126,13 @@ def test_no_leaks_in_bundle_or_feedback(graded):
     for lab in graded["labs"]:
         visible = {ln.strip() for c in graded["rel"][lab]["cells"] for ln in nbu.cell_source(c).splitlines()}
         visible |= everywhere
-        secrets = _secret(nbu.hidden_test_lines(graded["src"][lab]) + nbu.solution_lines(graded["src"][lab]),
+        secrets = _secret(nbu.hidden_test_lines(graded["src"][lab]) + gf.solution_lines(graded["src"][lab]),
                           visible)
-        assert nbu.find_leaks(bundle_text, secrets) == [], lab
-        hidden = _secret(nbu.hidden_only_lines(graded["src"][lab]), visible)
+        assert gf.find_leaks(bundle_text, secrets) == [], lab
+        hidden = _secret(gf.hidden_only_lines(graded["src"][lab]), visible)
         assert hidden, lab  # the check below is not vacuous
         for html in sorted((graded["out"] / "feedback").glob(f"*/{lab}/*.html")):
-            assert nbu.find_leaks(html.read_text(errors="replace"), hidden) == [], html
+            assert gf.find_leaks(html.read_text(errors="replace"), hidden) == [], html
 
 
 def test_regrading_gives_byte_identical_csvs(graded, tmp_path):

@@ -101,7 +101,7 @@ def _solutions(release_ids: list[str | None]) -> dict[str, str]:
     student is walked through; lab3's other graded function is typed too, because Run All stops
     at its ``NotImplementedError`` and Validate needs every test to pass.
     """
-    from autograder.solutions import cells_by_grade_id
+    from grading_fixtures import cells_by_grade_id
 
     cells = cells_by_grade_id(SOURCE_NOTEBOOK)
     assert GRADED_NAME in cells, f"{SOURCE_NOTEBOOK} has no solution cell {GRADED_NAME!r}"

@@ -82,3 +82,18 @@ def test_check_true_and_check_raises(capsys):
 
 def test_originals_were_captured_at_import():
     assert checks._ORIGINALS[(torch, "allclose")] is torch.allclose
+
+
+def test_random_vgg_is_deterministic_non_trivial_and_in_eval_mode():
+    a, b = checks.random_vgg([4, "M", 6], num_classes=5, seed=3), checks.random_vgg([4, "M", 6], num_classes=5, seed=3)
+    assert not a.training and a.classifier.out_features == 5
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(va, vb), k
+    bns = [m for m in a.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bns) == 2
+    for bn in bns:
+        assert bn.weight.min() >= 0.5 and bn.weight.max() <= 1.5
+        assert bn.running_var.min() >= 0.3 and bn.running_mean.abs().max() <= 1.0
+        assert int(bn.num_batches_tracked) == 7
+    grey = checks.random_vgg([2, "M"], in_channels=1)
+    assert grey(torch.zeros(1, 1, 8, 8)).shape == (1, 3)

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from autograder.notebook import LAB_IDS
+
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
-LAB_IDS = ["lab1_early_stopping_transfer", "lab2_knowledge_distillation", "lab3_sparsity_training",
-           "lab4_vgg_prune", "lab5_finetune_pruned", "lab6_efficient_convs"]
 
 
 def contract() -> dict[str, list[str]]:

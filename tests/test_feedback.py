@@ -16,6 +16,7 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_outp
 from nbgrader.utils import determine_grade
 from traitlets.config import Config
 
+import grading_fixtures as gf
 from autograder import feedback as fb
 from autograder import html_safety as hs
 from autograder import notebook as nbu
@@ -230,7 +231,7 @@ def test_scrub_outputs_every_cell_ansi_and_html():
     assert c2["data"] == {"text/html": "<p>fine</p>\n", "text/plain": "line one\n"}
     assert nb["cells"][3]["source"] == SECRET  # sources are not outputs
     assert fb.scrub_outputs(nb, [SECRET]) == 0
-    assert not nbu.find_leaks(json.dumps([c.get("outputs") for c in nb["cells"]]), [SECRET])
+    assert not gf.find_leaks(json.dumps([c.get("outputs") for c in nb["cells"]]), [SECRET])
 
 
 def test_short_secret_lines_are_ignored():
@@ -258,7 +259,7 @@ def test_strip_hidden_tests_sources_outputs_and_verdicts(tmp_path):
     assert out["cells"][0]["outputs"][0]["text"] == "keep me\n"
     texts = [o["text"] for o in out["cells"][1]["outputs"]]
     assert texts == ["mean ok\n", "Grader: 0 / 2 points — hidden check failed: (hidden) raised ZeroDivisionError\n"]
-    assert not nbu.find_leaks(path.read_text(), nbu.hidden_test_lines(nb.dict() if hasattr(nb, "dict") else nb))
+    assert not gf.find_leaks(path.read_text(), nbu.hidden_test_lines(nb.dict() if hasattr(nb, "dict") else nb))
     assert [p.name for p in tmp_path.iterdir()] == ["nb.ipynb"]
 
 

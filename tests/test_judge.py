@@ -119,7 +119,7 @@ def test_reference_passes_and_each_plausible_mistake_fails_exactly_its_own_cells
     for name in nbu.graded_names(src):
         recs, _ = J.run_probe(J.probe_spec(src, gf.plausibly_wrong(src, name)), tmp_path / name)
         failed = {gid for gid, v in J.judge_cells(expected, recs, points).items() if v["points"] == 0}
-        assert failed == {nbu.grade_id(c) for c in nbu.test_cells(src, name)}, (name, failed)
+        assert failed == {nbu.grade_id(c) for c in gf.test_cells(src, name)}, (name, failed)
     # blank student version: every test cell fails
     blank = J.probe_spec(src, _release_like(src))
     recs, _ = J.run_probe(blank, tmp_path / "blank")

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_contract import LAB_IDS, NOTEBOOKS
+from autograder.notebook import LAB_IDS
+from tests.test_contract import NOTEBOOKS
 
 ALLOWED_KEYS = {"grade", "grade_id", "locked", "points", "schema_version", "solution", "task"}
 
