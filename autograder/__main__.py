@@ -57,7 +57,8 @@ def cmd_grade(args: argparse.Namespace) -> int:
             build_course(course, labs)
         grade(Path(args.submissions), Path(args.out), course, labs=labs, workers=args.workers,
               deadline=args.deadline, late_penalty_per_day=args.late_penalty_per_day, db_url=args.db_url,
-              sandbox=not args.no_sandbox, mem_bytes=int(args.mem_gb * 1024 ** 3), job_timeout=args.job_timeout)
+              sandbox=not args.no_sandbox, mem_bytes=int(args.mem_gb * 1024 ** 3), job_timeout=args.job_timeout,
+              scheduler=args.scheduler, work_dir=Path(args.work_dir) if args.work_dir else None)
     except (GradingError, ReleaseError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -125,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--mem-gb", type=float, default=2.0, help="memory cap of each grading sandbox, all its processes together (GiB)")
     g.add_argument("--job-timeout", type=float, default=600, help="wall-clock cap per submission (s)")
     g.add_argument("--no-sandbox", action="store_true", help="grade without the bubblewrap sandbox (trusted submissions only)")
+    g.add_argument("--scheduler", metavar="ADDRESS",
+                   help="grade on this Dask scheduler (tcp://host:8786) instead of local processes")
+    g.add_argument("--work-dir", metavar="DIR", help="where the run's work folder goes; with --scheduler it "
+                   "must be on storage every Dask worker sees (default: the temporary folder)")
     g.set_defaults(func=cmd_grade)
 
     v = sub.add_parser("validate", help="nbgrader validate, exiting 1 when the notebook fails")

@@ -30,7 +30,8 @@ from autograder import notebook as nbu
 from autograder import report
 from autograder.collect import Job, collect
 from autograder.errors import GradingError
-from autograder.job import lab_cells, last_line, make_ticket, remove_tree
+from autograder.job import lab_cells, make_ticket, remove_tree
+from autograder.logs import last_line
 from autograder.submission import load_notebook, notebook_grade_ids
 
 JOB_TIMEOUT_S = 600
@@ -163,18 +164,25 @@ def _check_course(course: Path, labs: list[str] | None) -> list[str]:
 def grade(submissions: Path, out: Path, course: Path, labs: list[str] | None = None, workers: int | None = None,
           deadline: str | None = None, late_penalty_per_day: float = 0.0, db_url: str | None = None,
           sandbox: bool = True, mem_bytes: int | None = None, job_timeout: float = JOB_TIMEOUT_S,
-          cell_timeout: int | None = None, progress: bool = True, quiet: bool = False) -> list[dict]:
+          cell_timeout: int | None = None, progress: bool = True, quiet: bool = False,
+          scheduler: str | None = None, work_dir: Path | None = None) -> list[dict]:
     """Grade every submission; write ``out/grades.csv``, ``out/cell_scores.csv``, ``out/feedback/``.
 
     ``course`` is a course folder built by :func:`autograder.release.build_course`. ``sandbox``:
     False grades without bubblewrap (trusted submissions only); True refuses to start where the
     sandbox cannot run, with one line saying why. ``cell_timeout``: seconds per notebook cell
-    (default ``autograder.config.CELL_TIMEOUT_S``; test cells get at most 20 s). Returns the grade rows, sorted by student, lab.
+    (default ``autograder.config.CELL_TIMEOUT_S``; test cells get at most 20 s). ``scheduler``: the
+    address of a Dask scheduler to grade on (:mod:`autograder.cluster`) instead of ``workers``
+    local processes; ``work_dir``: the folder, on storage every Dask worker sees, in which the
+    run's work folder is made (default: the temporary folder). Returns the grade rows, sorted by student, lab.
     """
     out, course = Path(out).resolve(), Path(course).resolve()
     course_labs = _check_course(course, labs)
     labs = labs or course_labs
-    if sandbox:
+    if sandbox and scheduler:
+        if not quiet:
+            print("sandbox: checked on every Dask worker before grading")
+    elif sandbox:
         from autograder.limits import Limits
         from autograder.sandbox import sandbox_check
         from autograder.sandbox_spec import SandboxSpec
@@ -189,7 +197,12 @@ def grade(submissions: Path, out: Path, course: Path, labs: list[str] | None = N
         print("warning: grading WITHOUT a sandbox (--no-sandbox): student code runs with your rights")
     out.mkdir(parents=True, exist_ok=True)
     sweep_stale_work()
-    work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX))
+    if work_dir is not None:
+        from autograder.cluster import make_work
+
+        work = make_work(Path(work_dir))
+    else:
+        work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX))
     os.chmod(work, 0o700)
     (work / "pid").write_text(str(os.getpid()))
     try:
@@ -201,7 +214,8 @@ def grade(submissions: Path, out: Path, course: Path, labs: list[str] | None = N
         options = {"sandbox": sandbox, "mem_bytes": int(mem_bytes or 2 * 1024 ** 3), "job_timeout": job_timeout,
                    "late_penalty_per_day": late_penalty_per_day, "deadline": deadline or "",
                    "cell_timeout": cell_timeout}
-        results = _run_jobs(jobs, course, work, out, gradebook, options, workers, job_timeout, progress)
+        results = _run_jobs(jobs, course, work, out, gradebook, options, workers, job_timeout, progress,
+                            scheduler)
         rows = report.write_outputs(results, {lab: lab_cells(course, lab) for lab in labs}, out)
         if db_url:
             report.merge_gradebook(results, db_url)
@@ -235,8 +249,10 @@ def sweep_stale_work(tmp: Path | None = None) -> list[Path]:
 
 
 def _run_jobs(jobs: list[Job], course: Path, work: Path, out: Path, gradebook: Path, options: dict,
-              workers: int | None, job_timeout: float, progress: bool) -> dict[tuple[str, str], dict]:
-    """Results of every job: resumed from ``out/.state`` or graded now by a pool of worker processes."""
+              workers: int | None, job_timeout: float, progress: bool,
+              scheduler: str | None = None) -> dict[tuple[str, str], dict]:
+    """Results of every job: resumed from ``out/.state`` or graded now by a pool of worker processes
+    (or by the Dask cluster at ``scheduler``)."""
     results: dict[tuple[str, str], dict] = {}
     todo: list[tuple[Path, Job, str]] = []
     (work / "tickets").mkdir()
@@ -253,6 +269,11 @@ def _run_jobs(jobs: list[Job], course: Path, work: Path, out: Path, gradebook: P
         ticket = work / "tickets" / f"{k:05d}.json"
         nbu.write_json_atomic(ticket, make_ticket(job, k, course, work, out, gradebook, options))
         todo.append((ticket, job, key))
+    if scheduler:
+        from autograder import cluster
+
+        cluster.run_jobs(scheduler, todo, results, work, course, out, job_timeout, progress, options["sandbox"])
+        return results
     env = _worker_env()
     bar = None
     if progress:

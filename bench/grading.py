@@ -1,10 +1,12 @@
 """Grading throughput: the same batch graded with 1 and with N worker processes.
 
 ``run(n_submissions=20, workers=(1, N))`` builds a course for one lab (the tiny self-made
-assignment of ``tests/grading_fixtures.py`` by default, so it measures the grader and not a
+assignment of :mod:`autograder.samples` by default, so it measures the grader and not a
 lab's training time; pass ``lab=`` to use a real lab), writes ``n_submissions`` copies of the
-reference solution, grades them once per worker count and returns seconds per notebook and
-the speed-up ratio. Goal on 2 cores: ratio >= 1.8.
+reference solution (:func:`autograder.judge.reference_nb`), grades them once per worker count
+and returns seconds per notebook and the speed-up ratio. Goal on 2 cores: ratio >= 1.8.
+``run_dask`` compares 1 local worker with 2 workers of a Dask cluster on this machine
+(``grade --scheduler``).
 """
 from __future__ import annotations
 
@@ -15,8 +17,6 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 def run(n_submissions: int = 20, workers: tuple[int, ...] = (1, os.cpu_count() or 1), lab: str | None = None,
         sandbox: bool = True) -> dict:
@@ -25,24 +25,23 @@ def run(n_submissions: int = 20, workers: tuple[int, ...] = (1, os.cpu_count() o
     Result: ``{"lab", "n_submissions", "sandbox", "runs": [{"workers", "seconds",
     "seconds_per_notebook"}], "ratio"}`` where ratio = time(first) / time(last).
     """
-    sys.path.insert(0, str(REPO / "tests"))
-    import grading_fixtures as gf
-
     from autograder import notebook as nbu
+    from autograder import samples
     from autograder.grade import grade
+    from autograder.judge import reference_nb
     from autograder.release import build_course
 
     os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
     tmp = Path(tempfile.mkdtemp(prefix="bench-grading-"))
     try:
         if lab is None:
-            notebooks, lab = gf.write_tiny_source(tmp / "notebooks"), gf.TINY_LAB
+            notebooks, lab = samples.write_tiny_source(tmp / "notebooks"), samples.TINY_LAB
         else:
             notebooks = nbu.NOTEBOOKS
         course = build_course(tmp / "course", [lab], notebooks, log=lambda m: None)
-        ref = gf.reference(nbu.read_nb(course / "source" / lab / f"{lab}.ipynb"))
+        ref = reference_nb(nbu.read_nb(course / "source" / lab / f"{lab}.ipynb"))
         for i in range(n_submissions):
-            gf.write_submission(tmp / "subs", f"s{i:03d}", lab, ref)
+            samples.write_submission(tmp / "subs", f"s{i:03d}", lab, ref)
         runs = []
         for w in workers:
             t0 = time.perf_counter()
@@ -54,6 +53,54 @@ def run(n_submissions: int = 20, workers: tuple[int, ...] = (1, os.cpu_count() o
             runs.append({"workers": w, "seconds": round(dt, 2), "seconds_per_notebook": round(dt / n_submissions, 3)})
         return {"lab": lab, "n_submissions": n_submissions, "sandbox": sandbox, "runs": runs,
                 "ratio": round(runs[0]["seconds"] / runs[-1]["seconds"], 3) if len(runs) > 1 else 1.0}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_dask(n_submissions: int = 20, dask_workers: int = 2, lab: str | None = None, sandbox: bool = True) -> dict:
+    """The same batch graded by 1 local worker and by ``dask_workers`` Dask workers on this machine.
+
+    The Dask side is a ``distributed.LocalCluster`` of single-thread worker processes, reached
+    through ``grade(scheduler=...)`` like a remote cluster (:mod:`autograder.cluster`). Result:
+    ``{"lab", "n_submissions", "sandbox", "runs": [{"where", "workers", "seconds",
+    "seconds_per_notebook"}], "ratio", "same_csv"}``; ratio = local / Dask time (goal >= 1.8 with
+    2 workers on 2 cores); ``same_csv``: both runs wrote byte-identical CSVs.
+    """
+    from distributed import LocalCluster
+
+    from autograder import notebook as nbu
+    from autograder import samples
+    from autograder.grade import grade
+    from autograder.judge import reference_nb
+    from autograder.release import build_course
+
+    os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-grading-dask-"))
+    try:
+        if lab is None:
+            notebooks, lab = samples.write_tiny_source(tmp / "notebooks"), samples.TINY_LAB
+        else:
+            notebooks = nbu.NOTEBOOKS
+        course = build_course(tmp / "course", [lab], notebooks, log=lambda m: None)
+        ref = reference_nb(nbu.read_nb(course / "source" / lab / f"{lab}.ipynb"))
+        for i in range(n_submissions):
+            samples.write_submission(tmp / "subs", f"s{i:03d}", lab, ref)
+        runs = []
+        with LocalCluster(n_workers=dask_workers, threads_per_worker=1, processes=True,
+                          dashboard_address=None) as cluster:
+            for where, kw in (("local", {"workers": 1}), ("dask", {"scheduler": cluster.scheduler_address})):
+                t0 = time.perf_counter()
+                rows = grade(tmp / "subs", tmp / where, course, labs=[lab], sandbox=sandbox, progress=False,
+                             quiet=True, **kw)
+                dt = time.perf_counter() - t0
+                if not all(r["status"].startswith("graded") for r in rows):
+                    raise RuntimeError(f"benchmark batch not graded cleanly: {[r['problems'] for r in rows][:2]}")
+                runs.append({"where": where, "workers": kw.get("workers", dask_workers), "seconds": round(dt, 2),
+                             "seconds_per_notebook": round(dt / n_submissions, 3)})
+        same = all((tmp / "local" / f).read_bytes() == (tmp / "dask" / f).read_bytes()
+                   for f in ("grades.csv", "cell_scores.csv"))
+        return {"lab": lab, "n_submissions": n_submissions, "sandbox": sandbox, "runs": runs,
+                "ratio": round(runs[0]["seconds"] / runs[1]["seconds"], 3), "same_csv": same}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
