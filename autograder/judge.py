@@ -110,15 +110,24 @@ def run_probe(spec: dict, workdir: Path, timeout: float = 600) -> tuple[dict[str
 
     Returns the records and the child's stderr. Used for the reference and by tests.
     """
+    (records,), stderr = run_probes([spec], workdir, timeout)
+    return records, stderr
+
+
+def run_probes(specs: list[dict], workdir: Path, timeout: float = 600) -> tuple[list[dict[str, dict]], str]:
+    """Several trusted specs in one child process (one interpreter start); their records, in order."""
     workdir.mkdir(parents=True, exist_ok=True)
-    spec_path, rec_path = workdir / "probe-spec.json", workdir / "probe-out.jsonl"
-    nbu.write_json_atomic(spec_path, spec)
-    rec_path.unlink(missing_ok=True)
+    args = []
+    for i, spec in enumerate(specs):
+        spec_path, rec_path = workdir / f"probe-spec-{i}.json", workdir / f"probe-out-{i}.jsonl"
+        nbu.write_json_atomic(spec_path, spec)
+        rec_path.unlink(missing_ok=True)
+        args += [str(spec_path), str(rec_path)]
     env = dict(os.environ, **probe_env())
     env.pop("LABKIT_ARTIFACTS", None)
-    proc = subprocess.run([sys.executable, str(PROBE_SCRIPT), str(spec_path), str(rec_path)], cwd=workdir,
+    proc = subprocess.run([sys.executable, str(PROBE_SCRIPT), *args], cwd=workdir,
                           env=env, capture_output=True, text=True, timeout=timeout)
-    return read_records(rec_path), proc.stderr
+    return [read_records(Path(out)) for out in args[1::2]], proc.stderr
 
 
 def build_expected(source_path: Path, out_path: Path, workdir: Path, timeout: float = 600) -> dict:

@@ -209,17 +209,24 @@ def run_spec(spec: dict, out_path: str, log: Callable[[str], None] = print) -> N
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print("usage: python probe.py SPEC.json OUT.jsonl", file=sys.stderr)
+    """``python probe.py SPEC.json OUT.jsonl [SPEC2.json OUT2.jsonl ...]``: each spec in a fresh namespace.
+
+    Several pairs share one interpreter start (the trusted side: the reference and test variants);
+    a grading sandbox always runs one pair.
+    """
+    if not argv or len(argv) % 2:
+        print("usage: python probe.py SPEC.json OUT.jsonl [SPEC.json OUT.jsonl ...]", file=sys.stderr)
         return 2
-    with open(argv[0], encoding="utf-8") as fh:
-        spec = json.load(fh)
-    try:
-        run_spec(spec, argv[1], log=lambda m: print(m, file=sys.stderr))
-    except BaseException:  # noqa: BLE001 - the setup cell failing is logged; the judge sees no records
-        traceback.print_exc()
-        return 1
-    return 0
+    rc = 0
+    for spec_path, out_path in zip(argv[::2], argv[1::2]):
+        with open(spec_path, encoding="utf-8") as fh:
+            spec = json.load(fh)
+        try:
+            run_spec(spec, out_path, log=lambda m: print(m, file=sys.stderr))
+        except BaseException:  # noqa: BLE001 - the setup cell failing is logged; the judge sees no records
+            traceback.print_exc()
+            rc = 1
+    return rc
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """End to end on the real labs: release → a class of generated submissions → grade (2 workers).
 
-Reference, blank and one mutant per graded name for every lab; the hostile cases on the
-fastest lab (HOSTILE_LAB). Asserts exact per-cell scores, that neither the student bundle nor
+Reference and blank for every lab; one plausible mistake per graded name and the hostile cases
+that need a real lab on HOSTILE_LAB (every lab's mistakes are judged in tests/test_judge.py, every
+other attack graded in the tiny class of tests/test_autograder.py). Asserts exact per-cell scores, that neither the student bundle nor
 any feedback file leaks a solution or hidden test, and byte-identical CSVs on re-grading.
 """
 from __future__ import annotations
@@ -24,6 +25,10 @@ from autograder.release import build_bundle, build_course, scan_for_leaks
 pytestmark = pytest.mark.slow
 HOSTILE_LAB = "lab6_efficient_convs"
 OTHER_LAB = "lab2_knowledge_distillation"
+# Hostile cases that need a real lab (torch, labkit.checks, instructor paths of the real course);
+# every other attack is graded, with exact scores, in the tiny class of tests/test_autograder.py.
+REAL_LAB_HOSTILE = {"patch_comparators", "other_lab", "infinite_loop", "memory_hog", "snoop", "network",
+                    "deleted_solution", "malformed_json"}
 # A plausible bug (counts biases too) in a function whose test compares floats through labkit.checks.
 PATCH_MUTANT = ("model_sparsity", """def model_sparsity(model):
     import torch
@@ -50,14 +55,17 @@ def graded(tmp_path_factory):
     for lab in labs:
         cases[("reference", lab)] = gf.Case(gf.reference(src[lab]))
         cases[("blank", lab)] = gf.Case(rel[lab], zero=("*",))
-        for name in nbu.graded_names(src[lab]):  # one function wrong in a plausible way
+        # one function wrong in a plausible way, through the whole pipeline for the hostile lab; the
+        # same mistakes of every lab are judged in tests/test_judge.py (same judge, seconds instead)
+        for name in nbu.graded_names(src[lab]) if lab == HOSTILE_LAB else []:
             cases[(f"wrong_{name}", lab)] = gf.Case(
                 gf.plausibly_wrong(src[lab], name),
                 zero=tuple(nbu.grade_id(c) for c in gf.test_cells(src[lab], name)))
     hide = [str(course / "gradebook.db"), str(course / "source"), str(nbu.NOTEBOOKS), str(subs)]
     for student, case in gf.hostile_class(HOSTILE_LAB, src[HOSTILE_LAB], rel[HOSTILE_LAB], hide,
                                           other_lab_nb=src[OTHER_LAB], patch_mutant=PATCH_MUTANT).items():
-        cases[(student, HOSTILE_LAB)] = case
+        if student in REAL_LAB_HOSTILE:  # the rest run on the tiny lab (tests/test_autograder.py)
+            cases[(student, HOSTILE_LAB)] = case
     # lab 6's tests use labkit.checks: patching every check function with a blank notebook scores nothing
     cases[("patch_checks", HOSTILE_LAB)] = gf.Case(gf.insert_after(rel[HOSTILE_LAB], "setup", gf.PATCH_CHECKS),
                                                    zero=("*",))
@@ -138,7 +146,7 @@ def test_no_leaks_in_bundle_or_feedback(graded):
 def test_regrading_gives_byte_identical_csvs(graded, tmp_path):
     lab = HOSTILE_LAB
     sub = tmp_path / "subs"
-    for student in ("reference", "blank", "malformed_json", "late"):
+    for student in ("reference", "malformed_json", "late"):
         src = graded["subs"] / student / lab
         if src.is_dir():
             shutil.copytree(src, sub / student / lab)
