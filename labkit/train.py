@@ -1,5 +1,15 @@
 """The training loop every lab uses, with hooks for what the labs add.
 
+Read it top-down the way d2l splits ``Trainer.fit`` / ``fit_epoch``: :func:`fit` checks its
+arguments, sets up the device, optimizer, scheduler and progress bar once, then for every
+epoch calls :func:`fit_epoch` (the batch loop: forward, loss, backward, hook, step) and
+:func:`evaluate`, records a :class:`History` row, steps an epoch scheduler and asks the early
+stopper.
+
+Recipe options (airbench-style, off by default): ``label_smoothing``, ``nesterov``,
+``lookahead`` (weight averaging, :class:`Lookahead`), ``tta_flip`` (also in :func:`evaluate`
+and :func:`predict`) and ``channels_last``.
+
 * ``loss_fn(logits, labels, inputs)`` replaces cross-entropy (e.g. distillation needs the
   inputs to run a teacher).
 * ``after_backward(model)`` runs between ``loss.backward()`` and ``optimizer.step()`` (e.g.
@@ -33,8 +43,8 @@ from torch import nn
 
 from labkit.files import atomic_open
 
-__all__ = ["History", "fit", "evaluate", "predict", "save_checkpoint", "load_checkpoint",
-           "make_sgd"]
+__all__ = ["History", "Lookahead", "fit", "fit_epoch", "evaluate", "predict", "save_checkpoint",
+           "load_checkpoint", "make_sgd"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 ROW_KEYS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "seconds")
@@ -59,6 +69,7 @@ class History:
     rows: list[dict] = field(default_factory=list)
     stopped_early: bool = False
     monitor: str = "test_acc"
+    eval_seconds: list[float] = field(default_factory=list)  # per epoch, part of "seconds"
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -220,13 +231,150 @@ def _progress_bar(total: int | None, desc: str, enabled: bool):
                     dynamic_ncols=True, mininterval=0.5, leave=True)
 
 
+class Lookahead:
+    """Weight averaging as airbench does it ("lookahead"): an exponential moving average of the
+    model's floating-point state (parameters *and* BatchNorm running statistics) that the model
+    is reset to at every update.
+
+    ``update(model, decay)`` sets ``avg <- decay * avg + (1 - decay) * current`` for every
+    floating-point tensor of ``model.state_dict()``, then copies ``avg`` back into the model.
+    ``decay = 0`` leaves the model as it is; ``decay = 1`` resets it to the average.
+    :func:`fit` with ``lookahead=k`` calls it every ``k`` steps with ``decay = 0.95**k *
+    (step / total_steps)**3`` (no averaging early, when the weights still move far; about 0.77 at
+    the end), and once more with ``decay = 1`` after the last step, so the trained model *is*
+    the average.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.avg = {k: v.detach().clone() for k, v in model.state_dict().items()
+                    if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, decay: float) -> None:
+        if not 0.0 <= decay <= 1.0:
+            raise ValueError(f"decay must be in [0, 1], got {decay!r}")
+        state = model.state_dict()
+        for k, avg in self.avg.items():
+            avg.lerp_(state[k].detach(), 1.0 - decay)
+            state[k].copy_(avg)
+
+    @staticmethod
+    def decay(step: int, total_steps: int, every: int) -> float:
+        """airbench's schedule: ``0.95**every * (step / total_steps)**3``."""
+        return 0.95 ** every * (step / max(total_steps, 1)) ** 3
+
+
+@dataclass
+class _Run:
+    """What :func:`fit` sets up once and :func:`fit_epoch` uses every epoch."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: LossFn
+    device: torch.device
+    amp: bool
+    channels_last: bool
+    scheduler: Any = None
+    per_batch: bool = False            # the scheduler steps after every batch
+    after_backward: Callable[[nn.Module], None] | None = None
+    lookahead: Lookahead | None = None
+    lookahead_every: int = 0
+    total_steps: int | None = None     # for the lookahead schedule
+    step: int = 0                      # optimizer steps taken so far
+    bar: Any = None
+    epochs: int = 1
+
+
+def _smoothed_loss(smoothing: float) -> LossFn:
+    def loss(logits: torch.Tensor, labels: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, labels, label_smoothing=smoothing)
+    return loss
+
+
+def _check_fit_args(epochs: Any, monitor: str, test_loader: Any, early_stopping: Any,
+                    label_smoothing: float, loss_fn: Any, lookahead: Any) -> None:
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
+    if monitor not in ROW_KEYS[1:]:
+        raise ValueError(f"monitor={monitor!r} is not a history column; use one of "
+                         f"{', '.join(ROW_KEYS[1:])}")
+    if test_loader is None and monitor.startswith("test") and early_stopping is not None:
+        raise ValueError(f"early_stopping monitors {monitor!r} but there is no test_loader; "
+                         f"pass one or use monitor='train_loss'")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+    if label_smoothing and loss_fn is not None:
+        raise ValueError("label_smoothing applies to the default loss; with loss_fn= smooth "
+                         "inside your loss instead")
+    if lookahead is not None and (isinstance(lookahead, bool) or not isinstance(lookahead, int)
+                                  or lookahead < 1):
+        raise ValueError(f"lookahead must be a number of steps >= 1 (e.g. 5) or None, got {lookahead!r}")
+
+
+def _default_optimizer(model: nn.Module, lr: float | None, optimizer: Any,
+                       nesterov: bool) -> torch.optim.Optimizer:
+    if optimizer is not None:
+        if lr is not None:
+            raise ValueError("pass lr= or optimizer=, not both (set the rate in your optimizer)")
+        if nesterov:
+            raise ValueError("nesterov= configures the default optimizer; pass it to your own")
+        return optimizer
+    if lr is None:
+        from labkit.profile import get_profile
+
+        lr = get_profile().sizes.lr
+    return make_sgd(model, lr, nesterov=nesterov)
+
+
+def fit_epoch(run: _Run, train_loader: Iterable, epoch: int) -> dict[str, Any]:
+    """One pass over ``train_loader``: forward, loss, backward, hook, step (and the per-batch
+    scheduler / weight averaging). Returns ``{"train_loss", "train_acc"}`` of the epoch."""
+    model, opt, dev = run.model, run.optimizer, run.device
+    model.train()
+    # running sums stay on the device: one host sync per epoch, not per batch
+    loss_sum = torch.zeros((), device=dev, dtype=_sum_dtype(dev))
+    correct = torch.zeros((), device=dev, dtype=torch.int64)
+    seen = 0
+    for i, (x, y) in enumerate(train_loader):
+        x, y = _prepare(x, y, dev, run.channels_last)
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=run.amp):
+            logits = model(x)
+            loss = run.loss_fn(logits, y, x)
+        loss.backward()
+        if run.after_backward is not None:
+            run.after_backward(model)
+        opt.step()
+        run.step += 1
+        if run.per_batch:
+            run.scheduler.step()
+        if run.lookahead is not None and run.step % run.lookahead_every == 0:
+            run.lookahead.update(model, Lookahead.decay(run.step, run.total_steps or run.step,
+                                                        run.lookahead_every))
+        n = y.shape[0]
+        loss_sum += loss.detach().to(loss_sum.dtype) * n
+        correct += (logits.detach().argmax(1) == y).sum()
+        seen += n
+        if run.bar is not None:
+            run.bar.update(1)
+            if i % 20 == 0:
+                run.bar.set_postfix_str(f"epoch {epoch}/{run.epochs} loss {loss.item():.3f}",
+                                        refresh=False)
+    if seen == 0:
+        raise ValueError("train_loader yielded no batches; check the dataset size "
+                         "and batch_size / drop_last")
+    return {"train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen}
+
+
 def fit(model: nn.Module, train_loader: Iterable, test_loader: Iterable | None = None, *,
         epochs: int, lr: float | None = None, optimizer: torch.optim.Optimizer | None = None,
         scheduler: Any = None, milestones: list[int] | None = None, loss_fn: LossFn | None = None,
         after_backward: Callable[[nn.Module], None] | None = None,
         on_epoch_start: Callable[[int], None] | None = None, early_stopping: Any = None,
         monitor: str = "test_acc", device: str | torch.device | None = None,
-        progress: bool = True, desc: str = "", amp: bool | None = None) -> History:
+        progress: bool = True, desc: str = "", amp: bool | None = None,
+        label_smoothing: float = 0.0, nesterov: bool = False, lookahead: int | None = None,
+        tta_flip: bool = False, channels_last: bool | None = None) -> History:
     """Train ``model`` for ``epochs`` epochs and evaluate after each; returns a :class:`History`.
 
     Args:
@@ -246,29 +394,25 @@ def fit(model: nn.Module, train_loader: Iterable, test_loader: Iterable | None =
         monitor: the history column given to ``early_stopping`` and ``History.best``.
         device: default the profile's device.
         amp: bf16 autocast + channels_last; default on for CUDA, always off on CPU (fp32).
+        label_smoothing: of the default cross-entropy (airbench uses 0.2).
+        nesterov: Nesterov momentum for the default optimizer.
+        lookahead: every this many steps, average the weights (:class:`Lookahead`); the
+            model ends as the average.
+        tta_flip: evaluate on the mean logits of each image and its mirror image.
+        channels_last: NHWC memory format (default: with ``amp``); about 1.35x faster for
+            VGG-style training on AVX2 CPUs, too.
+
+    ``History.eval_seconds[i]`` is the part of ``rows[i]["seconds"]`` spent evaluating.
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
-    if monitor not in ROW_KEYS[1:]:
-        raise ValueError(f"monitor={monitor!r} is not a history column; use one of "
-                         f"{', '.join(ROW_KEYS[1:])}")
-    if test_loader is None and monitor.startswith("test") and early_stopping is not None:
-        raise ValueError(f"early_stopping monitors {monitor!r} but there is no test_loader; "
-                         f"pass one or use monitor='train_loss'")
+    _check_fit_args(epochs, monitor, test_loader, early_stopping, label_smoothing, loss_fn,
+                    lookahead)
     dev = _resolve_device(device)
     use_amp = _amp_enabled(dev, amp)
+    cl = use_amp if channels_last is None else bool(channels_last)
     model.to(dev)
-    if use_amp:
-        model.to(memory_format=torch.channels_last)  # faster convolutions under bf16
-    if optimizer is None:
-        if lr is None:
-            from labkit.profile import get_profile
-
-            lr = get_profile().sizes.lr
-        optimizer = make_sgd(model, lr)
-    elif lr is not None:
-        raise ValueError("pass lr= or optimizer=, not both (set the rate in your optimizer)")
-    loss_fn = loss_fn or _default_loss
+    if cl:
+        model.to(memory_format=torch.channels_last)  # faster convolutions (bf16 and fp32)
+    optimizer = _default_optimizer(model, lr, optimizer, nesterov)
     try:
         steps_per_epoch: int | None = len(train_loader)  # type: ignore[arg-type]
     except TypeError:
@@ -278,75 +422,54 @@ def fit(model: nn.Module, train_loader: Iterable, test_loader: Iterable | None =
     if plateau and test_loader is None and monitor.startswith("test"):
         raise ValueError(f"ReduceLROnPlateau monitors {monitor!r} but there is no test_loader; "
                          f"pass one or use monitor='train_loss'")
+    if label_smoothing:
+        loss_fn = _smoothed_loss(label_smoothing)
+    run = _Run(model, optimizer, loss_fn or _default_loss, dev, use_amp, cl, sched, per_batch,
+               after_backward, Lookahead(model) if lookahead else None, lookahead or 0,
+               epochs * steps_per_epoch if steps_per_epoch else None, epochs=epochs)
 
     history = History(monitor=monitor)
-    bar = _progress_bar(epochs * steps_per_epoch if steps_per_epoch else None, desc, progress)
+    run.bar = _progress_bar(epochs * steps_per_epoch if steps_per_epoch else None, desc, progress)
     try:
         for epoch in range(1, epochs + 1):
             if on_epoch_start is not None:
                 on_epoch_start(epoch)
             start = time.perf_counter()
             lr_now = optimizer.param_groups[0]["lr"]
-            model.train()
-            # running sums stay on the device: one host sync per epoch, not per batch
-            loss_sum = torch.zeros((), device=dev, dtype=_sum_dtype(dev))
-            correct = torch.zeros((), device=dev, dtype=torch.int64)
-            seen = 0
-            for step, (x, y) in enumerate(train_loader):
-                x, y = _prepare(x, y, dev, use_amp)
-                optimizer.zero_grad(set_to_none=True)
-                with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=use_amp):
-                    logits = model(x)
-                    loss = loss_fn(logits, y, x)
-                loss.backward()
-                if after_backward is not None:
-                    after_backward(model)
-                optimizer.step()
-                if per_batch:
-                    sched.step()
-                n = y.shape[0]
-                loss_sum += loss.detach().to(loss_sum.dtype) * n
-                correct += (logits.detach().argmax(1) == y).sum()
-                seen += n
-                if bar is not None:
-                    bar.update(1)
-                    if step % 20 == 0:
-                        bar.set_postfix_str(f"epoch {epoch}/{epochs} loss {loss.item():.3f}",
-                                            refresh=False)
-            if seen == 0:
-                raise ValueError("train_loader yielded no batches; check the dataset size "
-                                 "and batch_size / drop_last")
-            row: dict[str, Any] = {"epoch": epoch, "train_loss": loss_sum.item() / seen,
-                                   "train_acc": correct.item() / seen,
+            row: dict[str, Any] = {"epoch": epoch, **fit_epoch(run, train_loader, epoch),
                                    "test_loss": None, "test_acc": None, "lr": lr_now}
-            if test_loader is not None:
-                ev = evaluate(model, test_loader, device=dev, amp=use_amp)
-                row["test_loss"], row["test_acc"] = ev["loss"], ev["acc"]
-            row["seconds"] = time.perf_counter() - start
-            history.rows.append(row)
             if not math.isfinite(row["train_loss"]):
                 raise FloatingPointError(f"training diverged at epoch {epoch} (loss "
                                          f"{row['train_loss']}); lower the learning rate")
-            if bar is not None:
+            if epoch == epochs and run.lookahead is not None:
+                run.lookahead.update(model, 1.0)  # end on the averaged weights
+            t_eval = time.perf_counter()
+            if test_loader is not None:
+                ev = evaluate(model, test_loader, device=dev, amp=use_amp, tta_flip=tta_flip)
+                row["test_loss"], row["test_acc"] = ev["loss"], ev["acc"]
+            end = time.perf_counter()
+            row["seconds"] = end - start
+            history.rows.append(row)
+            history.eval_seconds.append(end - t_eval)
+            if run.bar is not None:
                 test = f" test acc {100 * row['test_acc']:.1f}%" if row["test_acc"] is not None else ""
-                bar.set_postfix_str(f"epoch {epoch}/{epochs} loss {row['train_loss']:.3f} "
-                                    f"acc {100 * row['train_acc']:.1f}%{test}")
+                run.bar.set_postfix_str(f"epoch {epoch}/{epochs} loss {row['train_loss']:.3f} "
+                                        f"acc {100 * row['train_acc']:.1f}%{test}")
             if sched is not None and not per_batch:
-                if plateau:
-                    sched.step(row[monitor])
-                else:
-                    sched.step()
+                sched.step(row[monitor]) if plateau else sched.step()
             if early_stopping is not None and early_stopping.step(row[monitor]):
                 history.stopped_early = epoch < epochs
                 break
     finally:
-        if bar is not None:
-            bar.close()
+        if run.bar is not None:
+            run.bar.close()
     return history
 
 
-def _eval_batches(model: nn.Module, loader: Iterable, dev: torch.device, use_amp: bool):
-    """Yield ``(inputs, labels, float32 logits)`` in eval mode.
+def _eval_batches(model: nn.Module, loader: Iterable, dev: torch.device, use_amp: bool,
+                  tta_flip: bool = False):
+    """Yield ``(inputs, labels, float32 logits)`` in eval mode; with ``tta_flip`` the logits
+    are the mean of the logits of the images and of their mirror images.
 
     The no-grad / autocast contexts are entered per batch, never held across a ``yield``:
     they are thread-global, so holding them would leak into the caller's code.
@@ -359,6 +482,8 @@ def _eval_batches(model: nn.Module, loader: Iterable, dev: torch.device, use_amp
             with torch.inference_mode(), torch.autocast(device_type=dev.type,
                                                         dtype=torch.bfloat16, enabled=use_amp):
                 logits = model(x).float()
+                if tta_flip:
+                    logits = 0.5 * (logits + model(x.flip(3)).float())
             yield x, y, logits
     finally:
         model.train(was_training)
@@ -371,9 +496,12 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 def evaluate(model: nn.Module, loader: Iterable, loss_fn: LossFn | None = None,
-             device: str | torch.device | None = None, amp: bool | None = None) -> dict:
+             device: str | torch.device | None = None, amp: bool | None = None,
+             tta_flip: bool = False) -> dict:
     """Mean loss per image and accuracy (fraction) of ``model`` over ``loader``, in eval mode.
 
+    ``tta_flip``: test-time augmentation, the logits of an image are the mean of its logits and
+    those of its mirror image (two forward passes; about +0.3 to +0.5 points on CIFAR-10).
     Returns ``{"loss": float, "acc": float, "n": int}``; ``device`` defaults to the model's.
     """
     dev = _model_device(model) if device is None else torch.device(device)
@@ -382,7 +510,7 @@ def evaluate(model: nn.Module, loader: Iterable, loss_fn: LossFn | None = None,
     loss_sum = torch.zeros((), device=dev, dtype=_sum_dtype(dev))
     correct = torch.zeros((), device=dev, dtype=torch.int64)
     seen = 0
-    for x, y, logits in _eval_batches(model, loader, dev, _amp_enabled(dev, amp)):
+    for x, y, logits in _eval_batches(model, loader, dev, _amp_enabled(dev, amp), tta_flip):
         with torch.no_grad():
             loss_sum += loss_fn(logits, y, x).to(loss_sum.dtype) * y.shape[0]
         correct += (logits.argmax(1) == y).sum()
@@ -393,12 +521,13 @@ def evaluate(model: nn.Module, loader: Iterable, loss_fn: LossFn | None = None,
 
 
 def predict(model: nn.Module, loader: Iterable, device: str | torch.device | None = None,
-            amp: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """All logits float32 ``[N, C]`` and labels int64 ``[N]`` of ``loader``, on the CPU."""
+            amp: bool | None = None, tta_flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """All logits float32 ``[N, C]`` and labels int64 ``[N]`` of ``loader``, on the CPU
+    (``tta_flip``: see :func:`evaluate`)."""
     dev = _model_device(model) if device is None else torch.device(device)
     model.to(dev)
     outs, labels = [], []
-    for _, y, logits in _eval_batches(model, loader, dev, _amp_enabled(dev, amp)):
+    for _, y, logits in _eval_batches(model, loader, dev, _amp_enabled(dev, amp), tta_flip):
         outs.append(logits.cpu())
         labels.append(y.cpu())
     if not outs:

@@ -130,10 +130,37 @@ def test_pipeline_smoke_runs_end_to_end(tmp_path):
     assert r["total_s"] >= sum(v for k, v in r["phases_s"].items() if k != "load_solutions") - 0.1
 
 
+def test_pipeline_slim_vgg_recipe_records_compute_and_curve(tmp_path):
+    """The fast recipe's code path at smoke size: whitening slim_vgg, lookahead, flip-TTA,
+    channels_last, the per-epoch curve, lab 4's pruning of the whitening conv, the budget runs."""
+    out = tmp_path / "pipeline.json"
+    sets = ["arch=slim_vgg", "width=0.25", "curve=True", "lookahead=2", "tta_flip=True",
+            "channels_last=True", "label_smoothing=0.2", "epochs=2", "budgets_tflop=(1e-9,)"]
+    cmd = [sys.executable, "-m", "bench.pipeline", "--profile", "smoke", "--out", str(out)]
+    for s in sets:
+        cmd += ["--set", s]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text(encoding="utf-8"))
+    assert r["limited"] is True and r["config"]["arch"] == "slim_vgg"
+    u = r["unpruned"]
+    per_epoch = 3 * u["flops"] * 256 / 1e12  # smoke: 256 images, batch 64
+    assert [c["epoch"] for c in u["curve"]] == [1, 2]
+    assert _close(u["curve"][-1]["tflop"], 2 * per_epoch, abs_=1e-3) and _close(r["train_tflop"], 2 * per_epoch)
+    assert all(0 <= c["test_acc"] <= 1 and 0 <= c["train_s"] <= c["wall_s"] for c in u["curve"])
+    (p,) = r["pruned"]
+    assert p["cfg"][0] <= 24 and len(p["curve"]) == 1 and p["finetune_tflop"] == r["finetune_tflop"]
+    (b,) = r["budgets"]
+    assert b["epochs"] == 1 and 0 <= b["acc"] <= 1
+
+
 def test_pipeline_rejects_bad_arguments_with_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "bench.pipeline", "--profile", "smoke", "--limit", "0"],
                           cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "--limit must be a positive integer" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "bench.pipeline", "--profile", "smoke", "--set", "nope=1"],
+                          cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "unknown config field(s) ['nope']" in proc.stderr
 
 
 # --------------------------------------------------------------------------- helpers, in-process

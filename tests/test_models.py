@@ -119,3 +119,43 @@ def test_build_model_registry():
         build_model("alexnet")
     with pytest.raises(TypeError, match="accepts"):
         build_model("simple_cnn", widht=3)
+
+
+# --------------------------------------------------------------------------- slim_vgg (airbench-style)
+def test_slim_vgg_structure_and_cfg_round_trip():
+    m = models.slim_vgg(width=0.25, num_classes=7)
+    assert m.cfg == [24, 16, "M", 16, 64, "M", 64, 64, "M", 64]
+    assert m(X).shape == (2, 7)
+    first = m.feature[0]
+    assert first.kernel_size == (2, 2) and first.padding == (0, 0) and not first.weight.requires_grad
+    kinds = [type(x) for x in m.feature]
+    assert kinds[:3] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU]  # conv -> BN -> ReLU, like vgg
+    assert all(bn.momentum == 0.6 for bn in m.modules() if isinstance(bn, nn.BatchNorm2d))
+    assert isinstance(m.pool, nn.AdaptiveMaxPool2d)
+    again = models.slim_vgg(cfg=m.cfg, num_classes=7)
+    again.load_state_dict(m.state_dict())
+    pruned = build_model("slim_vgg", cfg=[5, 3, "M", 2, 9, "M", 1, 4, "M", 3], num_classes=7)
+    assert pruned(X).shape == (2, 7) and pruned.feature[0].weight.shape == (5, 3, 2, 2)
+    with pytest.raises(ValueError, match="whiten"):
+        VGG(["M", 4], whiten=True)
+
+
+def test_whitening_is_deterministic_and_whitens_patches():
+    g = torch.Generator().manual_seed(0)
+    mix = torch.tensor([[1.0, 0.8, 0.3], [0.0, 1.0, 0.5], [0.0, 0.0, 0.2]])
+    images = torch.einsum("dc,nchw->ndhw", mix, torch.randn(64, 3, 16, 16, generator=g))
+    images = images + 0.5 * images.roll(1, dims=3)  # neighbouring pixels correlated
+    w1 = models.whitening_weights(images, 2)
+    w2 = models.whitening_weights(images.clone(), 2)
+    assert w1.shape == (24, 3, 2, 2) and torch.equal(w1, w2)
+    assert torch.equal(w1[12:], -w1[:12])
+    exact = models.whitening_weights(images, 2, eps=1e-9)  # eps shrinks only tiny eigenvalues
+    out = nn.functional.conv2d(images, exact[:12])  # [N, 12, 15, 15]
+    flat = out.permute(1, 0, 2, 3).reshape(12, -1)
+    cov = flat @ flat.T / flat.shape[1]
+    assert torch.allclose(cov, torch.eye(12), atol=1e-3)  # unit variance, uncorrelated
+    m = models.slim_vgg(width=0.125)
+    m.init_whitening(images)
+    assert torch.equal(m.feature[0].weight, w1)
+    with pytest.raises(ValueError, match="whiten=True"):
+        vgg(11, width=0.125).init_whitening(images)

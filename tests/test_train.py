@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from labkit.models import simple_cnn, vgg
-from labkit.train import (History, evaluate, fit, load_checkpoint, make_sgd, predict,
+from labkit.train import (History, Lookahead, evaluate, fit, load_checkpoint, make_sgd, predict,
                           save_checkpoint)
 
 
@@ -252,3 +252,125 @@ def test_cuda_bf16_channels_last_path():
     assert logits.dtype == torch.float32 and logits.device.type == "cpu"
     # fp32 evaluation agrees with the bf16 one up to a few flipped borderline images
     assert abs(evaluate(model, data, amp=False)["acc"] - hist.last["test_acc"]) <= 0.1
+
+
+# --------------------------------------------------------------------------- the airbench-style options
+def test_lookahead_update_is_an_ema_that_resets_the_model():
+    model = nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    la = Lookahead(model)
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    la.update(model, 0.75)  # avg = 0.75 * 1 + 0.25 * 3 = 1.5, and the model is reset to it
+    assert torch.allclose(model.weight, torch.full((1, 2), 1.5))
+    with torch.no_grad():
+        model.weight.fill_(5.5)
+    la.update(model, 0.0)  # decay 0: the average follows the model
+    assert torch.allclose(model.weight, torch.full((1, 2), 5.5))
+    with torch.no_grad():
+        model.weight.fill_(-1.0)
+    la.update(model, 1.0)  # decay 1: back to the average
+    assert torch.allclose(model.weight, torch.full((1, 2), 5.5))
+    assert Lookahead.decay(0, 100, 5) == 0.0
+    assert Lookahead.decay(100, 100, 5) == pytest.approx(0.95 ** 5)
+    with pytest.raises(ValueError, match="decay"):
+        la.update(model, 1.5)
+
+
+def test_lookahead_averages_batchnorm_statistics_too():
+    model = vgg(cfg=[4], num_classes=2)
+    la = Lookahead(model)
+    bn = model.feature[1]
+    with torch.no_grad():
+        bn.running_mean.fill_(2.0)
+    la.update(model, 0.5)
+    assert torch.allclose(bn.running_mean, torch.ones(4))
+    assert bn.num_batches_tracked.dtype == torch.int64  # integer buffers are left alone
+
+
+def test_fit_with_lookahead_ends_on_the_averaged_weights():
+    data = blobs()
+
+    def run(lookahead):
+        torch.manual_seed(0)
+        model = tiny()
+        hist = fit(model, data, data, epochs=3, lr=0.05, lookahead=lookahead, device="cpu",
+                   progress=False)
+        return model, hist
+
+    plain, _ = run(None)
+    avg, hist = run(2)
+    assert hist.last["test_acc"] >= 0.9
+    assert any(not torch.equal(a, b) for a, b in zip(plain.state_dict().values(),
+                                                     avg.state_dict().values()))
+    with pytest.raises(ValueError, match="lookahead"):
+        fit(tiny(), data, epochs=1, lr=0.1, lookahead=0, device="cpu", progress=False)
+
+
+def test_flip_tta_is_the_mean_of_the_two_logits():
+    data = blobs(size=8)
+    torch.manual_seed(0)
+    model = vgg(cfg=[4, "M", 6], num_classes=2)
+    model.eval()
+    logits, _ = predict(model, data, tta_flip=True)
+    x = torch.cat([b[0] for b in data])
+    with torch.no_grad():
+        expected = 0.5 * (model(x) + model(x.flip(3)))
+    assert torch.allclose(logits, expected, atol=1e-6)
+    plain, _ = predict(model, data)
+    assert not torch.allclose(plain, logits)
+    ev = evaluate(model, data, tta_flip=True)
+    assert ev["acc"] == pytest.approx((expected.argmax(1) == torch.cat([b[1] for b in data])).float().mean().item())
+
+
+def test_label_smoothing_and_nesterov_options_match_the_explicit_forms():
+    data = blobs()
+
+    def run(**kw):
+        torch.manual_seed(0)
+        model = tiny()
+        hist = fit(model, data, epochs=2, device="cpu", progress=False, **kw)
+        return hist.column("train_loss"), model.state_dict()
+
+    smooth = lambda lg, y, x: nn.functional.cross_entropy(lg, y, label_smoothing=0.2)  # noqa: E731
+    torch.manual_seed(0)
+    m = tiny()
+    opt = make_sgd(m, 0.05, nesterov=True)
+    h = fit(m, data, epochs=2, optimizer=opt, loss_fn=smooth, device="cpu", progress=False)
+    losses, sd = run(lr=0.05, nesterov=True, label_smoothing=0.2)
+    assert losses == pytest.approx(h.column("train_loss"))
+    assert all(torch.allclose(sd[k], m.state_dict()[k]) for k in sd)
+    with pytest.raises(ValueError, match="label_smoothing applies to the default loss"):
+        fit(tiny(), data, epochs=1, lr=0.1, loss_fn=smooth, label_smoothing=0.1, device="cpu")
+    with pytest.raises(ValueError, match="nesterov"):
+        fit(tiny(), data, epochs=1, optimizer=make_sgd(tiny(), 0.1), nesterov=True, device="cpu")
+
+
+def test_channels_last_on_cpu_and_eval_seconds():
+    data = blobs(size=8)
+    torch.manual_seed(0)
+    model = vgg(cfg=[4, "M", 6], num_classes=2)
+    hist = fit(model, data, data, epochs=2, lr=0.05, channels_last=True, device="cpu",
+               progress=False)
+    assert model.feature[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert len(hist.eval_seconds) == 2
+    assert all(0 <= e <= r["seconds"] for e, r in zip(hist.eval_seconds, hist))
+
+
+def test_fit_epoch_is_the_loop_fit_runs():
+    import labkit.train as train
+
+    calls: list[int] = []
+    original = train.fit_epoch
+
+    def spy(run, loader, epoch):
+        calls.append(epoch)
+        return original(run, loader, epoch)
+
+    train.fit_epoch = spy
+    try:
+        fit(tiny(), blobs(n=16), epochs=3, lr=0.1, device="cpu", progress=False)
+    finally:
+        train.fit_epoch = original
+    assert calls == [1, 2, 3]
