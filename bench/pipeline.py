@@ -6,7 +6,7 @@ Phases (each timed): train the network with an L1 penalty on the BatchNorm scale
 ``add_bn_l1_subgradient`` as ``fit``'s ``after_backward``), evaluate it, prune each amount with
 lab 4's ``global_bn_threshold`` / ``build_cfg_mask`` / ``transfer_pruned_weights``, evaluate the
 pruned network before and after fine-tuning. The graded functions come from the source notebooks'
-solution cells (:func:`autograder.solutions.load_solution`); nothing here re-implements them.
+solution cells (:func:`autograder.notebook.load_solutions`); nothing here re-implements them.
 
 Profiles (see :data:`PROFILES`):
 
@@ -126,10 +126,10 @@ def _load_solutions() -> Any:
     """Lab 3's and lab 4's graded functions from the source notebooks (one namespace)."""
     from types import SimpleNamespace
 
-    from bench.pruning import _load
+    from autograder.notebook import load_solutions
 
-    lab3 = _load("lab3_sparsity_training", ["add_bn_l1_subgradient", "bn_sparsity"])
-    lab4 = _load("lab4_vgg_prune", ["global_bn_threshold", "build_cfg_mask", "transfer_pruned_weights"])
+    lab3 = load_solutions("lab3_sparsity_training", ["add_bn_l1_subgradient", "bn_sparsity"])
+    lab4 = load_solutions("lab4_vgg_prune", ["global_bn_threshold", "build_cfg_mask", "transfer_pruned_weights"])
     return SimpleNamespace(**vars(lab3), **vars(lab4))
 
 

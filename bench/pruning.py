@@ -177,7 +177,6 @@ def _row_common(section: str, name: str, smoke: bool, gamma_source: str) -> dict
 
 # The old private name of the loader: bench/pipeline.py imports it until it imports
 # autograder.notebook.load_solutions itself.
-_load = load_solutions
 
 
 def run_structured(smoke: bool = False, cfg: PruningConfig | None = None,

@@ -11,7 +11,7 @@
   wide-then-narrow channel list with few pools, max-pooled features and a tunable BatchNorm
   momentum. Its blocks are still conv -> BatchNorm -> ReLU (the whitening conv included), so
   network slimming's sparsity training and channel pruning apply unchanged.
-* :func:`resnet18` / :func:`resnet50` / :func:`shufflenet_v2` wrap torchvision with an optional
+* :func:`resnet18` / :func:`shufflenet_v2` wrap torchvision with an optional
   32x32 stem; :func:`mobilenet_v1` and :func:`simple_cnn` are small students for distillation.
 
 Every model maps float32 images ``[B, C, H, W]`` to logits ``[B, num_classes]``.
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 __all__ = ["VGG_CFGS", "SLIM_CFG", "scale_cfg", "VGG", "vgg", "slim_vgg", "whitening_weights",
-           "resnet18", "resnet50", "mobilenet_v1",
+           "resnet18", "mobilenet_v1",
            "simple_cnn", "shufflenet_v2", "build_model", "MODEL_NAMES"]
 
 # network-slimming ``defaultcfg``: ints are conv output channels, 'M' a 2x2 max-pool.
@@ -283,13 +283,6 @@ def resnet18(num_classes: int = 10, small_input: bool = True, weights: Any = Non
     return _torchvision_resnet(torchvision.models.resnet18, num_classes, small_input, weights)
 
 
-def resnet50(num_classes: int = 10, small_input: bool = True, weights: Any = None) -> nn.Module:
-    """torchvision ResNet-50; see :func:`resnet18` for ``small_input`` and ``weights``."""
-    import torchvision
-
-    return _torchvision_resnet(torchvision.models.resnet50, num_classes, small_input, weights)
-
-
 def shufflenet_v2(num_classes: int = 10, small_input: bool = True) -> nn.Module:
     """torchvision ShuffleNet-V2 x0.5; ``small_input``: stride-1 first conv and no max-pool."""
     import torchvision
@@ -394,7 +387,6 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "slim_vgg": slim_vgg,
     **{f"vgg{d}": _vgg_depth(d) for d in VGG_CFGS},
     "resnet18": resnet18,
-    "resnet50": resnet50,
     "mobilenet_v1": mobilenet_v1,
     "simple_cnn": simple_cnn,
     "shufflenet_v2": shufflenet_v2,
