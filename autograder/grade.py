@@ -161,6 +161,26 @@ def _check_course(course: Path, labs: list[str] | None) -> list[str]:
     return course_labs
 
 
+def _check_sandbox(sandbox: bool, scheduler: str | None, mem_bytes: int | None, quiet: bool) -> None:
+    """Refuse to start where the sandbox cannot run (one line saying why); print what it caps."""
+    if sandbox and scheduler:
+        if not quiet:
+            print("sandbox: checked on every Dask worker before grading")
+    elif sandbox:
+        from autograder.limits import Limits
+        from autograder.sandbox import sandbox_check
+        from autograder.sandbox_spec import SandboxSpec
+
+        problem = sandbox_check()
+        if problem:
+            raise GradingError(problem)
+        if not quiet:
+            print(Limits.detect().describe(SandboxSpec(name="-", cwd="/", rw=[], ro=[], env={},
+                                                       mem_bytes=int(mem_bytes or 2 * 1024 ** 3))))
+    elif not quiet:
+        print("warning: grading WITHOUT a sandbox (--no-sandbox): student code runs with your rights")
+
+
 def grade(submissions: Path, out: Path, course: Path, labs: list[str] | None = None, workers: int | None = None,
           deadline: str | None = None, late_penalty_per_day: float = 0.0, db_url: str | None = None,
           sandbox: bool = True, mem_bytes: int | None = None, job_timeout: float = JOB_TIMEOUT_S,
@@ -179,22 +199,7 @@ def grade(submissions: Path, out: Path, course: Path, labs: list[str] | None = N
     out, course = Path(out).resolve(), Path(course).resolve()
     course_labs = _check_course(course, labs)
     labs = labs or course_labs
-    if sandbox and scheduler:
-        if not quiet:
-            print("sandbox: checked on every Dask worker before grading")
-    elif sandbox:
-        from autograder.limits import Limits
-        from autograder.sandbox import sandbox_check
-        from autograder.sandbox_spec import SandboxSpec
-
-        problem = sandbox_check()
-        if problem:
-            raise GradingError(problem)
-        if not quiet:
-            print(Limits.detect().describe(SandboxSpec(name="-", cwd="/", rw=[], ro=[], env={},
-                                                       mem_bytes=int(mem_bytes or 2 * 1024 ** 3))))
-    elif not quiet:
-        print("warning: grading WITHOUT a sandbox (--no-sandbox): student code runs with your rights")
+    _check_sandbox(sandbox, scheduler, mem_bytes, quiet)
     out.mkdir(parents=True, exist_ok=True)
     sweep_stale_work()
     if work_dir is not None:

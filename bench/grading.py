@@ -25,23 +25,11 @@ def run(n_submissions: int = 20, workers: tuple[int, ...] = (1, os.cpu_count() o
     Result: ``{"lab", "n_submissions", "sandbox", "runs": [{"workers", "seconds",
     "seconds_per_notebook"}], "ratio"}`` where ratio = time(first) / time(last).
     """
-    from autograder import notebook as nbu
-    from autograder import samples
     from autograder.grade import grade
-    from autograder.judge import reference_nb
-    from autograder.release import build_course
 
-    os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
     tmp = Path(tempfile.mkdtemp(prefix="bench-grading-"))
     try:
-        if lab is None:
-            notebooks, lab = samples.write_tiny_source(tmp / "notebooks"), samples.TINY_LAB
-        else:
-            notebooks = nbu.NOTEBOOKS
-        course = build_course(tmp / "course", [lab], notebooks, log=lambda m: None)
-        ref = reference_nb(nbu.read_nb(course / "source" / lab / f"{lab}.ipynb"))
-        for i in range(n_submissions):
-            samples.write_submission(tmp / "subs", f"s{i:03d}", lab, ref)
+        course, lab = _batch(tmp, lab, n_submissions)
         runs = []
         for w in workers:
             t0 = time.perf_counter()
@@ -57,6 +45,25 @@ def run(n_submissions: int = 20, workers: tuple[int, ...] = (1, os.cpu_count() o
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _batch(tmp: Path, lab: str | None, n_submissions: int) -> tuple[Path, str]:
+    """A course for ``lab`` (default: the tiny lab) in ``tmp`` and ``n_submissions`` reference submissions."""
+    from autograder import notebook as nbu
+    from autograder import samples
+    from autograder.judge import reference_nb
+    from autograder.release import build_course
+
+    os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+    if lab is None:
+        notebooks, lab = samples.write_tiny_source(tmp / "notebooks"), samples.TINY_LAB
+    else:
+        notebooks = nbu.NOTEBOOKS
+    course = build_course(tmp / "course", [lab], notebooks, log=lambda m: None)
+    ref = reference_nb(nbu.read_nb(course / "source" / lab / f"{lab}.ipynb"))
+    for i in range(n_submissions):
+        samples.write_submission(tmp / "subs", f"s{i:03d}", lab, ref)
+    return course, lab
+
+
 def run_dask(n_submissions: int = 20, dask_workers: int = 2, lab: str | None = None, sandbox: bool = True) -> dict:
     """The same batch graded by 1 local worker and by ``dask_workers`` Dask workers on this machine.
 
@@ -68,23 +75,11 @@ def run_dask(n_submissions: int = 20, dask_workers: int = 2, lab: str | None = N
     """
     from distributed import LocalCluster
 
-    from autograder import notebook as nbu
-    from autograder import samples
     from autograder.grade import grade
-    from autograder.judge import reference_nb
-    from autograder.release import build_course
 
-    os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
     tmp = Path(tempfile.mkdtemp(prefix="bench-grading-dask-"))
     try:
-        if lab is None:
-            notebooks, lab = samples.write_tiny_source(tmp / "notebooks"), samples.TINY_LAB
-        else:
-            notebooks = nbu.NOTEBOOKS
-        course = build_course(tmp / "course", [lab], notebooks, log=lambda m: None)
-        ref = reference_nb(nbu.read_nb(course / "source" / lab / f"{lab}.ipynb"))
-        for i in range(n_submissions):
-            samples.write_submission(tmp / "subs", f"s{i:03d}", lab, ref)
+        course, lab = _batch(tmp, lab, n_submissions)
         runs = []
         with LocalCluster(n_workers=dask_workers, threads_per_worker=1, processes=True,
                           dashboard_address=None) as cluster:
