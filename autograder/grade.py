@@ -16,6 +16,7 @@ Submissions are copied only into a private work folder outside ``--out`` (delete
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -39,6 +40,7 @@ STATE = ".state"
 WORK_PREFIX = "autograder-work-"
 
 
+@functools.lru_cache(maxsize=None)
 def _source_ids(course: Path, lab: str) -> set[str]:
     return {c["grade_id"] for c in lab_cells(course, lab)} | set(nbu.graded_names(
         nbu.read_nb(course / "source" / lab / f"{lab}.ipynb")))

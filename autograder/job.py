@@ -122,7 +122,7 @@ def _sandbox_spec(name: str, cwd: Path, rw: list[Path], ticket: dict):
 
 
 def _nbgrader_config(jdir: Path, ticket: dict, kernel_name: str | None, run_dir: Path | None):
-    from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, ClearHiddenTests, ClearOutput,
+    from nbgrader.preprocessors import (CheckCellMetadata, ClearHiddenTests, ClearOutput,
                                         DeduplicateIds, IgnorePattern, LimitOutput, OverwriteCells,
                                         OverwriteKernelspec, SaveAutoGrades)
     from nbconvert.preprocessors import ClearMetadataPreprocessor
@@ -141,7 +141,8 @@ def _nbgrader_config(jdir: Path, ticket: dict, kernel_name: str | None, run_dir:
                                                ClearHiddenTests, CheckCellMetadata]
     config.Autograde.autograde_preprocessors = [GuardedExecute, IgnorePattern, ClearMetadataPreprocessor,
                                                 LimitOutput, LimitOutputBytes, SaveAutoGrades,
-                                                AssignLatePenalties, CheckCellMetadata]
+                                                CheckCellMetadata]
+    # no AssignLatePenalties: the penalty follows the judge's points, in save_scores() alone
     # A plain cell holding a copy of a test cell (a duplicated or renamed grade id) is cleared too.
     config.ClearHiddenTests.enforce_metadata = False
     feedback_config(config)
