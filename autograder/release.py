@@ -38,8 +38,9 @@ _SMOKE = resolve({"LABKIT_PROFILE": "smoke", "LABKIT_DEVICE": "cpu", "LABKIT_ART
 CHECKPOINTS = {
     "lab4_vgg_prune": [("lab3_sparsity_training", artifact_name("lab3", "vgg_sparse", _SMOKE))],
     "lab5_finetune_pruned": [("lab4_vgg_prune", artifact_name("lab4", "*", _SMOKE))],
+    "lab7_quantization": [("lab5_finetune_pruned", artifact_name("lab5", "*_finetuned", _SMOKE))],
 }
-PRODUCERS = ("lab3_sparsity_training", "lab4_vgg_prune")
+PRODUCERS = ("lab3_sparsity_training", "lab4_vgg_prune", "lab5_finetune_pruned")
 BUNDLE_FILES = ("pyproject.toml", "environment.yml")
 BUNDLE_PACKAGES = ("labkit", "data_scripts")
 
