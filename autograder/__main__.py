@@ -37,7 +37,8 @@ def cmd_release(args: argparse.Namespace) -> int:
     from autograder.release import ReleaseError, release
 
     try:
-        release(Path(args.out), Path(args.course_dir), _lab_arg(args.lab, args.labs), db_url=args.db_url)
+        release(Path(args.out), Path(args.course_dir), _lab_arg(args.lab, args.labs), db_url=args.db_url,
+                profile=args.profile, dataset=args.dataset, cache=Path(args.cache_dir) if args.cache_dir else None)
     except ReleaseError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -111,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", default=str(DEFAULT_RELEASE), help="where the student bundle (+ .zip) goes")
     r.add_argument("--course-dir", default=str(DEFAULT_COURSE), help="nbgrader course folder to (re)build")
     r.add_argument("--db-url", help="gradebook URL (default sqlite in the course folder)")
+    r.add_argument("--profile", choices=("smoke", "fast", "full"),
+                   help="also ship the starting checkpoints of this profile (trained once, cached; fast: "
+                        "about 30 min on 2 CPU cores, full: a GPU); smoke ones always ship, for grading")
+    r.add_argument("--dataset", choices=("digits", "cifar10", "food11"),
+                   help="dataset of those checkpoints (default: the profile's, cifar10 when prepared)")
+    r.add_argument("--cache-dir", help="where built checkpoints are cached (default build/checkpoint-cache)")
     r.set_defaults(func=cmd_release)
 
     g = sub.add_parser("grade", help="autograde a folder or LMS zip of submissions")

@@ -1,15 +1,17 @@
-"""Release: course folder from ``notebooks/``, smoke checkpoints, student versions, student bundle.
+"""Release: course folder from ``notebooks/``, checkpoints, student versions, student bundle.
 
 Course folder (``--course-dir``, default ``build/course``)::
 
-    source/<lab>/<lab>.ipynb (+ checkpoints/ for labs 4 and 5)   the instructor's copy
-    release/<lab>/...                                           nbgrader's student version
-    gradebook.db                                                assignments and their cells
+    source/<lab>/<lab>.ipynb (+ checkpoints/: smoke)    the instructor's copy
+    release/<lab>/...  (+ checkpoints/: smoke and the release's profile)   the student version
+    gradebook.db                                        assignments and their cells
 
 nbgrader's ``generate_assignment`` copies every non-notebook file of ``source/<lab>/`` to
 ``release/<lab>/`` and ``autograde`` copies them again into each autograded folder, so the
-smoke checkpoints that labs 4 and 5 load must be in ``source/<lab>/checkpoints/`` *before*
-``generate_assignment`` runs.
+smoke checkpoints the labs load while graded must be in ``source/<lab>/checkpoints/`` *before*
+``generate_assignment`` runs. The checkpoints of the profile students run (``--profile fast``)
+are added to ``release/`` afterwards: grading never needs them. What is built, and the cache
+that makes a second release reuse it, is :mod:`autograder.checkpoints`.
 """
 from __future__ import annotations
 
@@ -19,28 +21,15 @@ import subprocess
 import tempfile
 import time
 import zipfile
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
+from autograder import checkpoints
 from autograder import notebook as nbu
 from autograder.logs import error_line
-from labkit.artifacts import artifact_name
+from autograder.runner import RunResult, run_notebook  # noqa: F401 - demo imports them from here
 from labkit.files import atomic_open
-from labkit.profile import resolve
 
 REPO = nbu.REPO
-# The profile the producing notebooks run under (run_notebook's default). Only its name and
-# dataset go into file names; the fixed device and folder keep this import from probing for a
-# GPU or reading the working directory.
-_SMOKE = resolve({"LABKIT_PROFILE": "smoke", "LABKIT_DEVICE": "cpu", "LABKIT_ARTIFACTS": str(REPO)})
-# checkpoint prerequisites: lab -> [(lab that produces it, file glob)]
-CHECKPOINTS = {
-    "lab4_vgg_prune": [("lab3_sparsity_training", artifact_name("lab3", "vgg_sparse", _SMOKE))],
-    "lab5_finetune_pruned": [("lab4_vgg_prune", artifact_name("lab4", "*", _SMOKE))],
-    "lab7_quantization": [("lab5_finetune_pruned", artifact_name("lab5", "*_finetuned", _SMOKE))],
-}
-PRODUCERS = ("lab3_sparsity_training", "lab4_vgg_prune", "lab5_finetune_pruned")
 BUNDLE_FILES = ("pyproject.toml", "environment.yml")
 BUNDLE_PACKAGES = ("labkit", "data_scripts")
 
@@ -49,100 +38,38 @@ class ReleaseError(RuntimeError):
     """The release cannot be built; the message says why and what to do."""
 
 
-@contextmanager
-def _env(**values: str):
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-@dataclass
-class RunResult:
-    """Outcome of executing one notebook: ``seconds`` of wall time, ``error`` None when it passed."""
-
-    lab: str
-    seconds: float
-    error: str | None
-
-
-def run_notebook(path: Path, artifacts: Path, timeout: int = 600, profile: str = "smoke",
-                 workdir: Path | None = None) -> RunResult:
-    """Execute notebook ``path`` with nbclient under ``profile`` (cwd: a temp copy of its folder)."""
-    import nbclient
-    import nbformat
-
-    lab = Path(path).stem
-    nb = nbformat.read(str(path), as_version=4)
-    with tempfile.TemporaryDirectory(prefix=f"run-{lab}-") as tmp:
-        cwd = Path(workdir or tmp)
-        shutil.copytree(Path(path).parent, cwd, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("*.ipynb", ".ipynb_checkpoints", "artifacts"))
-        t0 = time.perf_counter()
-        try:
-            with _env(LABKIT_PROFILE=profile, LABKIT_ARTIFACTS=str(artifacts), MPLBACKEND="Agg",
-                      PYTHONWARNINGS="ignore"):
-                nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                                        resources={"metadata": {"path": str(cwd)}}).execute()
-            error = None
-        except Exception as exc:  # noqa: BLE001 - reported per lab
-            error = f"{type(exc).__name__}: {error_line(str(exc))}"
-        return RunResult(lab, time.perf_counter() - t0, error)
-
-
 def build_checkpoints(course: Path, labs: list[str], notebooks: Path = nbu.NOTEBOOKS,
                       log=print) -> dict[str, list[Path]]:
-    """Run lab3 then lab4 under smoke and copy their checkpoints into ``source/<lab>/checkpoints/``.
+    """The ``smoke`` checkpoints every lab loads, in ``source/<lab>/checkpoints/`` (grading runs under smoke).
 
-    Skipped when the copies exist and are newer than the producing notebooks.
+    nbgrader copies them into the student version and into every autograded folder.
     """
-    needed = [lab for lab in labs if lab in CHECKPOINTS]
-    shipped: dict[str, list[Path]] = {}
-    if not needed:
-        return shipped
-    newest = max(nbu.source_path(p, notebooks).stat().st_mtime for p in PRODUCERS
-                 if nbu.source_path(p, notebooks).is_file()) if any(
-        nbu.source_path(p, notebooks).is_file() for p in PRODUCERS) else 0.0
+    try:
+        _, files = checkpoints.build(labs, "smoke", notebooks=notebooks, log=log)
+    except checkpoints.CheckpointError as exc:
+        raise ReleaseError(str(exc)) from None
+    checkpoints.ship(files, course / "source")
+    return {lab: [course / "source" / lab / "checkpoints" / f.name for f in fs] for lab, fs in files.items()}
 
-    def present(lab: str) -> list[Path]:
-        files = []
-        for _, pattern in CHECKPOINTS[lab]:
-            files += sorted((course / "source" / lab / "checkpoints").glob(pattern))
-        return files
 
-    if all(present(lab) and min(f.stat().st_mtime for f in present(lab)) >= newest for lab in needed):
-        return {lab: present(lab) for lab in needed}
-    for producer in PRODUCERS:
-        if not nbu.source_path(producer, notebooks).is_file():
-            raise ReleaseError(f"{', '.join(needed)} need checkpoints from {producer}, whose notebook "
-                               f"{nbu.source_path(producer, notebooks)} is missing")
-    with tempfile.TemporaryDirectory(prefix="release-artifacts-") as tmp:
-        arts = Path(tmp)
-        for producer in PRODUCERS:
-            log(f"release: running {producer} (smoke) to build checkpoints")
-            res = run_notebook(nbu.source_path(producer, notebooks), arts)
-            if res.error:
-                raise ReleaseError(f"{producer} failed under smoke while building checkpoints: {res.error}")
-        for lab in needed:
-            dest = course / "source" / lab / "checkpoints"
-            dest.mkdir(parents=True, exist_ok=True)
-            files = []
-            for producer, pattern in CHECKPOINTS[lab]:
-                found = sorted(arts.glob(pattern))
-                if not found:
-                    raise ReleaseError(f"{producer} ran but wrote no {pattern} into LABKIT_ARTIFACTS")
-                for f in found:
-                    with open(f, "rb") as src, atomic_open(dest / f.name, "wb") as copy:
-                        shutil.copyfileobj(src, copy)
-                    files.append(dest / f.name)
-            shipped[lab] = files
-    return shipped
+def ship_profile(course: Path, labs: list[str], profile: str, dataset: str | None = None,
+                 notebooks: Path = nbu.NOTEBOOKS, cache: Path | None = None, log=print) -> float:
+    """Build (or reuse) the ``profile``/``dataset`` checkpoints and add them to ``release/<lab>/checkpoints/``.
+
+    They go only into the student version (after ``generate_assignment``), not into ``source/``,
+    so grading, which runs under ``smoke``, does not copy them into every submission's folder.
+    Returns the megabytes shipped.
+    """
+    try:
+        folder, files = checkpoints.build(labs, profile, dataset, cache=cache, notebooks=notebooks, log=log)
+    except checkpoints.CheckpointError as exc:
+        raise ReleaseError(str(exc)) from None
+    mb = checkpoints.ship(files, course / "release")
+    if mb > checkpoints.SIZE_LIMIT_MB:
+        raise ReleaseError(f"the {profile} checkpoints are {mb:.1f} MB, over the bundle's limit of "
+                           f"{checkpoints.SIZE_LIMIT_MB} MB; shrink the starters in labkit/starters.py")
+    log(f"release: shipped {sum(map(len, files.values()))} {profile} checkpoints ({mb:.1f} MB) from {folder}")
+    return mb
 
 
 def build_course(course: Path, labs: list[str] | None = None, notebooks: Path = nbu.NOTEBOOKS,
@@ -306,9 +233,17 @@ def scan_for_leaks(folder: Path) -> list[str]:
 
 
 def release(out: Path, course: Path, labs: list[str] | None = None, notebooks: Path = nbu.NOTEBOOKS,
-            db_url: str | None = None, log=print) -> dict:
-    """The whole release: course folder, checkpoints, student versions, student bundle (+ zip)."""
-    build_course(course, labs, notebooks, db_url=db_url, log=log)
+            db_url: str | None = None, profile: str | None = None, dataset: str | None = None,
+            cache: Path | None = None, log=print) -> dict:
+    """The whole release: course folder, checkpoints, student versions, student bundle (+ zip).
+
+    ``profile`` (e.g. ``fast``) and ``dataset`` add that profile's checkpoints to the student
+    version, built once and cached (``cache``, default ``build/checkpoint-cache``).
+    """
+    course = build_course(course, labs, notebooks, db_url=db_url, log=log)
+    labs = labs or nbu.available_labs(notebooks)
+    if profile and (profile != "smoke" or dataset):
+        ship_profile(course, labs, profile, dataset, notebooks, cache, log=log)
     bundle, zpath = build_bundle(course, out, labs)
     log(f"release: student bundle {bundle} ({zpath.name})")
     return {"course": Path(course).resolve(), "bundle": bundle, "zip": zpath}

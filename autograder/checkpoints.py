@@ -1,0 +1,200 @@
+"""The checkpoints a release ships: what labs start from, built once per profile and dataset.
+
+Two kinds of item, built in this order:
+
+* **starters** (:mod:`labkit.starters`): lab 1's source backbone and lab 2's two teachers,
+  trained here with ``labkit.starters.train_starter``;
+* **chain checkpoints**: labs 4, 5 and 7 continue from models that labs 3, 4 and 5 write. They
+  are built by running those *source* notebooks (they hold the solutions) with nbclient under
+  the profile, sharing one artifacts folder so each finds its predecessor's output.
+
+Everything is cached in ``<cache>/<profile>-<dataset>-<key>/`` where ``key`` hashes the
+producing notebooks, labkit's source, the profile's sizes and seed: a second release with
+nothing changed reuses every file. Each item is recorded in ``done.json`` as soon as it is
+written (files atomically), so a build that was interrupted resumes at the first unfinished
+item. ``ship`` copies what each requested lab loads into ``<lab>/checkpoints/``, where
+:func:`labkit.artifacts.find_artifact` looks.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from autograder import notebook as nbu
+from autograder.runner import run_notebook
+from labkit.files import atomic_open, write_text
+
+REPO = nbu.REPO
+SIZE_LIMIT_MB = 60  # the checkpoints one profile adds to the student bundle
+
+
+class CheckpointError(RuntimeError):
+    """The checkpoints cannot be built; the message is one line saying why and what to do."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One thing to build: a starter (``lab``/``name``) or a producing notebook (``notebook``).
+
+    ``files`` are the glob patterns (``{profile}``/``{dataset}`` filled in) of what it writes;
+    ``ships_to`` the labs that load them; ``needs`` the items that must be built first.
+    """
+
+    key: str
+    files: tuple[str, ...]
+    ships_to: tuple[str, ...]
+    needs: tuple[str, ...] = ()
+    notebook: str | None = None  # lab id of a producing notebook
+    starter: tuple[str, str] | None = None  # (lab, name) of labkit.starters.STARTERS
+
+
+ITEMS: tuple[Item, ...] = (
+    Item("lab1/source_backbone", ("lab1-source_backbone-{profile}-{dataset}.pt",),
+         ("lab1_early_stopping_transfer",), starter=("lab1", "source_backbone")),
+    Item("lab2/teacher_scratch", ("lab2-teacher_scratch-{profile}-{dataset}.pt",),
+         ("lab2_knowledge_distillation",), starter=("lab2", "teacher_scratch")),
+    Item("lab2/teacher_pretrained", ("lab2-teacher_pretrained-{profile}-{dataset}.pt",),
+         ("lab2_knowledge_distillation",), starter=("lab2", "teacher_pretrained")),
+    Item("lab3_sparsity_training", ("lab3-vgg_sparse-{profile}-{dataset}.pt",), ("lab4_vgg_prune",),
+         notebook="lab3_sparsity_training"),
+    Item("lab4_vgg_prune", tuple(f"lab4-{n}-{{profile}}-{{dataset}}.pt" for n in ("baseline", "pruned50", "pruned90")),
+         ("lab5_finetune_pruned",), needs=("lab3_sparsity_training",), notebook="lab4_vgg_prune"),
+    Item("lab5_finetune_pruned", tuple(f"lab5-{n}_finetuned-{{profile}}-{{dataset}}.pt"
+                                       for n in ("baseline", "pruned50", "pruned90")),
+         ("lab7_quantization",), needs=("lab4_vgg_prune",), notebook="lab5_finetune_pruned"),
+)
+BY_KEY = {item.key: item for item in ITEMS}
+
+
+def needed_items(labs: list[str]) -> list[Item]:
+    """The items the ``labs`` load, with everything they depend on, in build order."""
+    want: set[str] = set()
+    stack = [item.key for item in ITEMS if set(item.ships_to) & set(labs)]
+    while stack:
+        key = stack.pop()
+        if key not in want:
+            want.add(key)
+            stack.extend(BY_KEY[key].needs)
+    return [item for item in ITEMS if item.key in want]
+
+
+def _profile(profile: str, dataset: str | None, artifacts: Path):
+    from labkit.profile import ProfileError, resolve
+
+    env = {"LABKIT_PROFILE": profile, "LABKIT_ARTIFACTS": str(artifacts),
+           "LABKIT_DATA_ROOT": os.environ.get("LABKIT_DATA_ROOT", ""), "LABKIT_SEED": os.environ.get("LABKIT_SEED", "")}
+    if dataset:
+        env["LABKIT_DATASET"] = dataset
+    if os.environ.get("LABKIT_DEVICE"):
+        env["LABKIT_DEVICE"] = os.environ["LABKIT_DEVICE"]
+    try:
+        return resolve({k: v for k, v in env.items() if v})
+    except ProfileError as exc:
+        raise CheckpointError(str(exc)) from None
+
+
+def _check_dataset(prof) -> None:
+    """Stop in one line when the profile's dataset is not prepared (before anything trains)."""
+    from labkit import data
+
+    try:
+        data.load_dataset(profile=prof)
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"cannot build {prof.name} checkpoints on {prof.dataset}: {exc}") from None
+
+
+def cache_key(prof, notebooks: Path = nbu.NOTEBOOKS) -> str:
+    """sha256 (16 hex digits) of the producing notebooks, labkit's source and the profile."""
+    from labkit.starters import STARTER_SIZES
+
+    h = hashlib.sha256()
+    for item in ITEMS:
+        if item.notebook:
+            path = nbu.source_path(item.notebook, notebooks)
+            h.update(item.notebook.encode() + (path.read_bytes() if path.is_file() else b"missing"))
+    for path in sorted((REPO / "labkit").rglob("*.py")):
+        h.update(str(path.relative_to(REPO)).encode() + path.read_bytes())
+    h.update(json.dumps({"profile": prof.name, "dataset": prof.dataset, "seed": prof.seed, "device": prof.device,
+                         "sizes": prof.as_dict()["sizes"], "starter": repr(STARTER_SIZES.get(prof.name))},
+                        sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def _files(item: Item, folder: Path, prof) -> list[Path]:
+    found: list[Path] = []
+    for pattern in item.files:
+        found += sorted(folder.glob(pattern.format(profile=prof.name, dataset=prof.dataset)))
+    return found
+
+
+def _build_item(item: Item, prof, artifacts: Path, notebooks: Path, timeout: int) -> None:
+    if item.starter is not None:
+        from labkit.starters import train_starter
+
+        train_starter(*item.starter, profile=prof)
+        return
+    source = nbu.source_path(item.notebook, notebooks)
+    if not source.is_file():
+        raise CheckpointError(f"{item.notebook} is needed to build checkpoints but {source} is missing")
+    res = run_notebook(source, artifacts, timeout=timeout, profile=prof.name,
+                       LABKIT_DATASET=prof.dataset, LABKIT_SEED=str(prof.seed))
+    if res.error:
+        raise CheckpointError(f"{item.notebook} failed under {prof.name} while building checkpoints: {res.error}")
+
+
+def build(labs: list[str], profile: str = "smoke", dataset: str | None = None, cache: Path | None = None,
+          notebooks: Path = nbu.NOTEBOOKS, timeout: int = 3600, log=print) -> tuple[Path, dict[str, list[Path]]]:
+    """Build (or reuse) what ``labs`` load under ``profile``/``dataset``.
+
+    Returns ``(cache folder, {lab: [files it loads]})``. Raises :class:`CheckpointError`.
+    """
+    items = needed_items(labs)
+    if dataset is None and profile != "smoke":
+        dataset = "cifar10"  # what students run; a missing cache stops with the command that prepares it
+    cache = Path(cache or REPO / "build" / "checkpoint-cache").resolve()
+    tmp_prof = _profile(profile, dataset, cache)
+    folder = cache / f"{tmp_prof.name}-{tmp_prof.dataset}-{cache_key(tmp_prof, notebooks)}"
+    artifacts = folder / "artifacts"
+    prof = _profile(profile, dataset, artifacts)
+    done_path = folder / "done.json"
+    done = set(json.loads(done_path.read_text(encoding="utf-8"))) if done_path.is_file() else set()
+    todo = [item for item in items if item.key not in done or not _files(item, artifacts, prof)]
+    if todo:
+        _check_dataset(prof)
+        artifacts.mkdir(parents=True, exist_ok=True)
+        log(f"checkpoints: building {len(todo)} of {len(items)} for profile={prof.name} dataset={prof.dataset} "
+            f"in {folder}" + (f" (resuming: {len(items) - len(todo)} done)" if len(todo) < len(items) else ""))
+    elif items:
+        log(f"checkpoints: reusing {len(items)} built for profile={prof.name} dataset={prof.dataset} ({folder})")
+    from tqdm.auto import tqdm
+
+    with tqdm(todo, desc="checkpoints", unit="item", file=sys.stderr, disable=not todo) as bar:
+        for item in bar:
+            bar.set_postfix_str(item.key)
+            _build_item(item, prof, artifacts, notebooks, timeout)
+            if not _files(item, artifacts, prof):
+                raise CheckpointError(f"{item.key} was built but wrote none of {', '.join(item.files)} "
+                                      f"into {artifacts}")
+            done.add(item.key)
+            write_text(done_path, json.dumps(sorted(done), indent=1))
+    shipped = {lab: [f for item in items if lab in item.ships_to for f in _files(item, artifacts, prof)]
+               for lab in labs}
+    return folder, {lab: files for lab, files in shipped.items() if files}
+
+
+def ship(files: dict[str, list[Path]], root: Path) -> float:
+    """Copy each lab's files into ``root/<lab>/checkpoints/``; returns the megabytes copied."""
+    total = 0
+    for lab, paths in files.items():
+        dest = root / lab / "checkpoints"
+        dest.mkdir(parents=True, exist_ok=True)
+        for path in paths:
+            with open(path, "rb") as src, atomic_open(dest / path.name, "wb") as copy:
+                shutil.copyfileobj(src, copy)
+            total += path.stat().st_size
+    return total / 1e6
