@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from bench import REPO, SECTIONS, command, log, machine_info, write_json
 from labkit.files import write_text
+from labkit.tables import markdown_table
 
 NOISE_NOTE = ("Timings come from one run on the machine described; on a machine shared with other "
               "processes (see load_avg_1min) they are noisy. Ratios are of numbers measured in the same "
@@ -84,10 +85,9 @@ def _fmt(v: Any) -> str:
 
 
 def _table(rows: list[dict], cols: list[tuple[str, str]]) -> list[str]:
-    lines = ["| " + " | ".join(h for h, _ in cols) + " |", "|" + "---|" * len(cols)]
-    for r in rows:
-        lines.append("| " + " | ".join(_fmt(r.get(k)) for _, k in cols) + " |")
-    return lines
+    """``rows`` as the lines of a Markdown table of ``cols`` ``(header, key)``."""
+    cells = ([_fmt(r.get(k)) for _, k in cols] for r in rows)
+    return markdown_table([h for h, _ in cols], cells).splitlines()
 
 
 def to_markdown(result: dict) -> str:

@@ -175,10 +175,6 @@ def _row_common(section: str, name: str, smoke: bool, gamma_source: str) -> dict
             "command": command(section, smoke), "machine": machine_info("cpu")}
 
 
-# The old private name of the loader: bench/pipeline.py imports it until it imports
-# autograder.notebook.load_solutions itself.
-
-
 def run_structured(smoke: bool = False, cfg: PruningConfig | None = None,
                    loader: Callable[[str, list[str]], Any] = load_solutions) -> list[dict]:
     """Rows for structured pruning at each amount of ``cfg.structured`` (see module doc)."""

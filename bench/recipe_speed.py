@@ -3,9 +3,10 @@ recipe must not train slower than ``fast_vgg11``, today's recipe, on the same ma
 
     python -m bench.recipe_speed [--profiles fast fast_vgg11] [--batches 24] [--rounds 3]
 
-Each round trains every profile's network for ``--batches`` batches of real CIFAR-10 through the
-pipeline's own training function (``bench.pipeline._train``: the same ``labkit.train.fit`` call,
-optimizer, loader and options, L1 hook included), alternating the profiles so that a busy moment
+Each round trains every profile's network (its recipe, :data:`bench.recipes.RECIPES`) for
+``--batches`` batches of real CIFAR-10 through the pipeline's own training function
+(:func:`bench.recipes.fit_recipe`: the same ``labkit.train.fit`` call, optimizer, loader and
+options, L1 hook included), alternating the profiles so that a busy moment
 of a shared machine does not hit one side only; the fastest round of each is kept. The result is
 seconds per image and, multiplied by the images of each profile's full training, the predicted
 training seconds. It is a sample of the schedule, not the whole run: the whole runs' seconds are
@@ -25,33 +26,29 @@ from bench import log, machine_info, write_json
 
 
 def measure(profiles: list[str], batches: int, rounds: int, seed: int = 0) -> dict[str, Any]:
-    from labkit.data import Loader
     from labkit.metrics import flops
     from labkit.profile import seed_everything
 
-    from bench import pipeline as pl
+    from bench import recipes
+    from bench.pipeline import graded_functions
 
-    sol = pl._load_solutions()
+    sol = graded_functions()
     setups = {}
     for name in profiles:
-        cfg = pl.PROFILES[name]
-        train, _ = pl.load_data(cfg, seed)
-        loader: Any = Loader(train, cfg.batch_size, train=True, device="cpu", seed=seed,
-                             augment=False if cfg.translate != 4 else None)
-        if cfg.translate != 4:
-            loader = pl.Translate(loader, cfg.translate, seed)
+        cfg = recipes.RECIPES[name]
+        train, _ = recipes.load_data(cfg, seed)
+        loader = recipes.make_train_loader(cfg, train, "cpu", seed)
         seed_everything(seed)
-        model = pl.build_model(cfg, len(train.classes))
-        pl.init_whitening(model, train)
-        setups[name] = (cfg, model, pl.FirstBatches(loader, batches), flops(model))
+        model = recipes.build_model(cfg, len(train.classes))
+        recipes.init_whitening(model, train)
+        setups[name] = (cfg, model, recipes.FirstBatches(loader, batches), flops(model))
     best: dict[str, float] = {}
     loads = []
     for r in range(rounds + 1):  # round 0 warms up (allocator, oneDNN kernels) and is dropped
         for name, (cfg, model, loader, _) in setups.items():
-            quiet = replace_curve_off(cfg)
             t = time.perf_counter()
-            pl._train(model, loader, None, 1, cfg.lr * 0.1, quiet, "cpu",
-                      lambda m, c=cfg: sol.add_bn_l1_subgradient(m, c.l1), name)
+            recipes.fit_recipe(model, loader, None, 1, cfg.lr * 0.1, cfg, "cpu",  # no test loader: no evaluation
+                               lambda m, c=cfg: sol.add_bn_l1_subgradient(m, c.l1), name)
             per_image = (time.perf_counter() - t) / (batches * cfg.batch_size)
             if r:
                 best[name] = min(best.get(name, float("inf")), per_image)
@@ -66,12 +63,6 @@ def measure(profiles: list[str], batches: int, rounds: int, seed: int = 0) -> di
         log(f"[speed] {name}: {rows[name]}")
     return {"profiles": rows, "batches": batches, "rounds": rounds, "load_avg_1min": loads,
             "machine": machine_info("cpu")}
-
-
-def replace_curve_off(cfg: Any) -> Any:
-    from dataclasses import replace
-
-    return replace(cfg, curve=False)
 
 
 def main(argv: list[str] | None = None) -> int:

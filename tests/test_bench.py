@@ -164,6 +164,28 @@ def test_pipeline_rejects_bad_arguments_with_one_line(tmp_path):
 
 
 # --------------------------------------------------------------------------- helpers, in-process
+def test_recipes_are_the_labkit_profiles_sizes_with_the_pipelines_changes():
+    """``--profile`` means a labkit profile: its recipe starts from labkit.profile.SIZES."""
+    from bench.recipes import RECIPES
+    from labkit.profile import PROFILES, SIZES
+
+    assert set(RECIPES) - set(PROFILES) == {"fast_vgg11"}
+    s, r = SIZES["smoke"], RECIPES["smoke"]
+    assert (r.depth, r.width, r.batch_size, r.epochs, r.finetune_epochs, r.lr, r.train_limit, r.test_limit) == (
+        s.vgg_depth, s.width, s.batch_size, s.epochs, s.finetune_epochs, s.lr, s.train_limit, s.test_limit)
+    assert (RECIPES["full"].depth, RECIPES["full"].width) == (SIZES["full"].vgg_depth, SIZES["full"].width)
+
+
+def test_pipeline_data_come_from_labkit_load_dataset():
+    from bench.recipes import RECIPES, load_data
+    from labkit.data import load_digits32
+
+    train, test = load_data(RECIPES["smoke"], seed=3)
+    all_train, all_test = load_digits32()
+    assert torch.equal(train.images, all_train.limit(256, 3).images)
+    assert torch.equal(test.labels, all_test.limit(128, 3).labels)
+
+
 def test_synthetic_gammas_are_sparse_heavy_tailed_and_seeded():
     from labkit.models import vgg
 

@@ -9,10 +9,16 @@ The rule (ARCHITECTURE.md, top):
 
 Every import statement counts, at any depth (inside functions too), and so do
 ``importlib.import_module("...")`` / ``__import__("...")`` calls with a literal name.
+
+And the other way round: every ``labkit`` name a notebook uses (``from labkit.train import fit``,
+``train.fit`` after ``from labkit import train``, ``labkit.train.fit``) exists where the notebook
+looks for it, so that moving code between labkit modules never needs a notebook edit.
 """
 from __future__ import annotations
 
 import ast
+import importlib
+import importlib.util
 import json
 from pathlib import Path
 
@@ -95,3 +101,44 @@ def test_the_checker_sees_every_kind_of_import(tmp_path):
     nb.write_text(json.dumps({"cells": [{"cell_type": "code", "source": ["%matplotlib inline\n", "import tests.x"]},
                                         {"cell_type": "markdown", "source": "import tests"}]}), encoding="utf-8")
     assert violations(tmp_path, "notebooks", FORBIDDEN["notebooks"]) == ["notebooks/lab/lab.ipynb:1 imports tests"]
+
+
+def labkit_names(tree: ast.AST) -> set[tuple[str, str]]:
+    """``(labkit module, name)`` for every labkit name ``tree`` uses: ``from labkit.M import X``,
+    ``M.X`` after ``from labkit import M``, ``labkit.M.X`` after ``import labkit.M``
+    (``("", X)`` for ``from labkit import X`` when X is not a module)."""
+    aliases: dict[str, str] = {}  # local name -> labkit module
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "labkit":
+            sub = node.module.partition(".")[2]
+            for alias in node.names:
+                if not sub and importlib.util.find_spec(f"labkit.{alias.name}") is not None:
+                    aliases[alias.asname or alias.name] = alias.name
+                else:
+                    found.add((sub, alias.name))
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute):
+            continue
+        if isinstance(node.value, ast.Name) and node.value.id in aliases:
+            found.add((aliases[node.value.id], node.attr))
+        elif (isinstance(node.value, ast.Attribute) and isinstance(node.value.value, ast.Name)
+              and node.value.value.id == "labkit"):
+            found.add((node.value.attr, node.attr))
+    return found
+
+
+def test_every_labkit_name_the_notebooks_use_exists():
+    missing = []
+    for path, text in sources(REPO, "notebooks"):
+        for module, name in sorted(labkit_names(ast.parse(text, filename=str(path)))):
+            if not hasattr(importlib.import_module(f"labkit.{module}" if module else "labkit"), name):
+                missing.append(f"{path.relative_to(REPO)}: labkit{'.' + module if module else ''}.{name}")
+    assert missing == []
+
+
+def test_labkit_names_sees_every_way_a_notebook_reaches_labkit():
+    code = ("from labkit import train as T, setup_notebook\nT.fit\nimport labkit.models\n"
+            "labkit.models.VGG\nfrom labkit.data import Loader\nx = T.nope")
+    assert labkit_names(ast.parse(code)) == {("train", "fit"), ("train", "nope"), ("models", "VGG"),
+                                             ("data", "Loader"), ("", "setup_notebook")}

@@ -1,4 +1,4 @@
-"""labkit.models: the network-slimming VGG and the torchvision / small students."""
+"""labkit.models and labkit.vgg: the network-slimming VGG, slim_vgg and the torchvision / small students."""
 from __future__ import annotations
 
 import pytest
@@ -152,3 +152,11 @@ def test_whitening_is_deterministic_and_whitens_patches():
     assert torch.equal(m.feature[0].weight, w1)
     with pytest.raises(ValueError, match="whiten=True"):
         vgg(11, width=0.125).init_whitening(images)
+
+
+def test_vgg_family_lives_in_labkit_vgg_and_is_reachable_from_models():
+    from labkit import vgg as vgg_module
+
+    for name in vgg_module.__all__:
+        assert getattr(models, name) is getattr(vgg_module, name)
+    assert set(models.__all__) <= set(dir(models))

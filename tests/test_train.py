@@ -374,3 +374,23 @@ def test_fit_epoch_is_the_loop_fit_runs():
     finally:
         train.fit_epoch = original
     assert calls == [1, 2, 3]
+
+
+def test_markdown_table_is_the_one_writer():
+    from labkit.tables import markdown_table
+
+    assert markdown_table(["a", "b"], [["1", "2"], ["3", "4"]]).splitlines() == [
+        "| a | b |", "|---|---|", "| 1 | 2 |", "| 3 | 4 |"]
+    assert markdown_table(["a"], []) == "| a |\n|---|"
+
+
+def test_split_modules_are_reachable_from_labkit_train():
+    """History, the optimiser helpers and the checkpoints live in their own modules; the
+    notebooks reach them as ``labkit.train.X``, which must stay the same objects."""
+    from labkit import checkpoints, history, optim, train
+
+    assert train.History is history.History
+    assert train.make_sgd is optim.make_sgd and train.Lookahead is optim.Lookahead
+    assert train.save_checkpoint is checkpoints.save_checkpoint
+    assert train.load_checkpoint is checkpoints.load_checkpoint
+    assert all(hasattr(train, name) for name in train.__all__)
