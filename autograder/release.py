@@ -11,7 +11,7 @@ nbgrader's ``generate_assignment`` copies every non-notebook file of ``source/<l
 smoke checkpoints the labs load while graded must be in ``source/<lab>/checkpoints/`` *before*
 ``generate_assignment`` runs. The checkpoints of the profile students run (``--profile fast``)
 are added to ``release/`` afterwards: grading never needs them. What is built, and the cache
-that makes a second release reuse it, is :mod:`autograder.checkpoints`.
+that makes a second release reuse it, is :mod:`autograder.shipped`.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from autograder import checkpoints
+from autograder import shipped
 from autograder import notebook as nbu
 from autograder.logs import error_line
 from autograder.runner import RunResult, run_notebook  # noqa: F401 - demo imports them from here
@@ -45,10 +45,10 @@ def build_checkpoints(course: Path, labs: list[str], notebooks: Path = nbu.NOTEB
     nbgrader copies them into the student version and into every autograded folder.
     """
     try:
-        _, files = checkpoints.build(labs, "smoke", notebooks=notebooks, log=log)
-    except checkpoints.CheckpointError as exc:
+        _, files = shipped.build(labs, "smoke", notebooks=notebooks, log=log)
+    except shipped.CheckpointError as exc:
         raise ReleaseError(str(exc)) from None
-    checkpoints.ship(files, course / "source")
+    shipped.ship(files, course / "source")
     return {lab: [course / "source" / lab / "checkpoints" / f.name for f in fs] for lab, fs in files.items()}
 
 
@@ -61,13 +61,13 @@ def ship_profile(course: Path, labs: list[str], profile: str, dataset: str | Non
     Returns the megabytes shipped.
     """
     try:
-        folder, files = checkpoints.build(labs, profile, dataset, cache=cache, notebooks=notebooks, log=log)
-    except checkpoints.CheckpointError as exc:
+        folder, files = shipped.build(labs, profile, dataset, cache=cache, notebooks=notebooks, log=log)
+    except shipped.CheckpointError as exc:
         raise ReleaseError(str(exc)) from None
-    mb = checkpoints.ship(files, course / "release")
-    if mb > checkpoints.SIZE_LIMIT_MB:
+    mb = shipped.ship(files, course / "release")
+    if mb > shipped.SIZE_LIMIT_MB:
         raise ReleaseError(f"the {profile} checkpoints are {mb:.1f} MB, over the bundle's limit of "
-                           f"{checkpoints.SIZE_LIMIT_MB} MB; shrink the starters in labkit/starters.py")
+                           f"{shipped.SIZE_LIMIT_MB} MB; shrink the starters in labkit/starters.py")
     log(f"release: shipped {sum(map(len, files.values()))} {profile} checkpoints ({mb:.1f} MB) from {folder}")
     return mb
 

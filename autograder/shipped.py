@@ -1,4 +1,4 @@
-"""The checkpoints a release ships: what labs start from, built once per profile and dataset.
+"""What a release ships for labs to start from: built once per profile and dataset, cached, resumable.
 
 Two kinds of item, built in this order:
 

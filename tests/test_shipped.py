@@ -1,4 +1,4 @@
-"""autograder.checkpoints: what a release ships, built once per profile and dataset, cached, resumable."""
+"""autograder.shipped: what a release ships, built once per profile and dataset, cached, resumable."""
 from __future__ import annotations
 
 import json
@@ -6,18 +6,18 @@ import os
 
 import pytest
 
-from autograder import checkpoints
+from autograder import shipped
 from autograder.release import ReleaseError, ship_profile
 
 LAB1, LAB2 = "lab1_early_stopping_transfer", "lab2_knowledge_distillation"
 
 
 def test_needed_items_follow_the_chain_in_build_order():
-    keys = [i.key for i in checkpoints.needed_items(["lab7_quantization"])]
+    keys = [i.key for i in shipped.needed_items(["lab7_quantization"])]
     assert keys == ["lab3_sparsity_training", "lab4_vgg_prune", "lab5_finetune_pruned"]
-    keys = [i.key for i in checkpoints.needed_items([LAB2, "lab4_vgg_prune"])]
+    keys = [i.key for i in shipped.needed_items([LAB2, "lab4_vgg_prune"])]
     assert keys == ["lab2/teacher_scratch", "lab2/teacher_pretrained", "lab3_sparsity_training"]
-    assert checkpoints.needed_items(["lab6_efficient_convs"]) == []
+    assert shipped.needed_items(["lab6_efficient_convs"]) == []
 
 
 @pytest.fixture()
@@ -33,18 +33,18 @@ def fake_build(monkeypatch):
         for pattern in item.files:
             (artifacts / pattern.format(profile=prof.name, dataset=prof.dataset)).write_bytes(b"x" * 10)
 
-    monkeypatch.setattr(checkpoints, "_build_item", build_item)
+    monkeypatch.setattr(shipped, "_build_item", build_item)
     return calls, fail
 
 
 def test_second_build_reuses_the_cache(tmp_path, fake_build):
     calls, _ = fake_build
     logs: list[str] = []
-    folder, files = checkpoints.build([LAB1, LAB2], "smoke", cache=tmp_path, log=logs.append)
+    folder, files = shipped.build([LAB1, LAB2], "smoke", cache=tmp_path, log=logs.append)
     assert calls == ["lab1/source_backbone", "lab2/teacher_scratch", "lab2/teacher_pretrained"]
     assert [p.name for p in files[LAB1]] == ["lab1-source_backbone-smoke-digits.pt"]
     assert len(files[LAB2]) == 2 and folder.name.startswith("smoke-digits-")
-    again, files2 = checkpoints.build([LAB1, LAB2], "smoke", cache=tmp_path, log=logs.append)
+    again, files2 = shipped.build([LAB1, LAB2], "smoke", cache=tmp_path, log=logs.append)
     assert again == folder and files2 == files and len(calls) == 3
     assert logs[-1].startswith("checkpoints: reusing 3 built for profile=smoke dataset=digits")
 
@@ -53,32 +53,32 @@ def test_an_interrupted_build_resumes_at_the_first_unfinished_item(tmp_path, fak
     calls, fail = fake_build
     fail["at"] = "lab4_vgg_prune"
     with pytest.raises(KeyboardInterrupt):
-        checkpoints.build(["lab5_finetune_pruned", LAB1], "smoke", cache=tmp_path, log=lambda m: None)
+        shipped.build(["lab5_finetune_pruned", LAB1], "smoke", cache=tmp_path, log=lambda m: None)
     assert calls == ["lab1/source_backbone", "lab3_sparsity_training"]
     fail["at"] = None
     logs: list[str] = []
-    checkpoints.build(["lab5_finetune_pruned", LAB1], "smoke", cache=tmp_path, log=logs.append)
+    shipped.build(["lab5_finetune_pruned", LAB1], "smoke", cache=tmp_path, log=logs.append)
     assert calls == ["lab1/source_backbone", "lab3_sparsity_training", "lab4_vgg_prune"]
     assert "resuming: 2 done" in logs[0]
 
 
 def test_a_changed_profile_or_labkit_gets_its_own_cache_folder(tmp_path, fake_build, monkeypatch):
-    a, _ = checkpoints.build([LAB1], "smoke", cache=tmp_path, log=lambda m: None)
+    a, _ = shipped.build([LAB1], "smoke", cache=tmp_path, log=lambda m: None)
     monkeypatch.setenv("LABKIT_SEED", "3")
-    b, _ = checkpoints.build([LAB1], "smoke", cache=tmp_path, log=lambda m: None)
+    b, _ = shipped.build([LAB1], "smoke", cache=tmp_path, log=lambda m: None)
     assert a != b and a.parent == b.parent
 
 
 def test_an_item_that_writes_nothing_is_an_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(checkpoints, "_build_item", lambda *a: None)
-    with pytest.raises(checkpoints.CheckpointError, match="wrote none of lab1-source_backbone"):
-        checkpoints.build([LAB1], "smoke", cache=tmp_path, log=lambda m: None)
+    monkeypatch.setattr(shipped, "_build_item", lambda *a: None)
+    with pytest.raises(shipped.CheckpointError, match="wrote none of lab1-source_backbone"):
+        shipped.build([LAB1], "smoke", cache=tmp_path, log=lambda m: None)
 
 
 def test_missing_cifar10_stops_in_one_line_naming_the_import_command(tmp_path, monkeypatch):
     monkeypatch.setenv("LABKIT_DATA_ROOT", str(tmp_path / "no-data"))
-    with pytest.raises(checkpoints.CheckpointError) as err:
-        checkpoints.build([LAB1], "fast", cache=tmp_path, log=lambda m: None)
+    with pytest.raises(shipped.CheckpointError) as err:
+        shipped.build([LAB1], "fast", cache=tmp_path, log=lambda m: None)
     msg = str(err.value)
     assert "\n" not in msg and "python -m data_scripts cifar10" in msg and "fast" in msg
 
@@ -89,7 +89,7 @@ def test_ship_profile_copies_into_the_student_version_and_enforces_the_size_limi
     shipped = course / "release" / LAB1 / "checkpoints" / "lab1-source_backbone-smoke-digits.pt"
     assert shipped.read_bytes() == b"x" * 10 and mb == pytest.approx(1e-5)
     assert not (course / "source").exists()  # grading copies source/: it never gets these
-    monkeypatch.setattr(checkpoints, "SIZE_LIMIT_MB", 0)
+    monkeypatch.setattr(shipped, "SIZE_LIMIT_MB", 0)
     with pytest.raises(ReleaseError, match="over the bundle's limit of 0 MB"):
         ship_profile(course, [LAB1], "smoke", "digits", cache=tmp_path / "cache", log=lambda m: None)
 
@@ -97,10 +97,10 @@ def test_ship_profile_copies_into_the_student_version_and_enforces_the_size_limi
 @pytest.mark.slow
 def test_real_smoke_build_of_lab4s_prerequisite_then_reused(tmp_path):
     """Runs lab 3's source notebook under smoke (seconds); the second call trains nothing."""
-    folder, files = checkpoints.build(["lab4_vgg_prune"], "smoke", cache=tmp_path, log=lambda m: None)
+    folder, files = shipped.build(["lab4_vgg_prune"], "smoke", cache=tmp_path, log=lambda m: None)
     (path,) = files["lab4_vgg_prune"]
     assert path.name == "lab3-vgg_sparse-smoke-digits.pt" and path.stat().st_size > 0
     assert json.loads((folder / "done.json").read_text()) == ["lab3_sparsity_training"]
     before = os.stat(path).st_mtime_ns
-    checkpoints.build(["lab4_vgg_prune"], "smoke", cache=tmp_path, log=lambda m: None)
+    shipped.build(["lab4_vgg_prune"], "smoke", cache=tmp_path, log=lambda m: None)
     assert os.stat(path).st_mtime_ns == before
