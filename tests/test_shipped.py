@@ -86,8 +86,8 @@ def test_missing_cifar10_stops_in_one_line_naming_the_import_command(tmp_path, m
 def test_ship_profile_copies_into_the_student_version_and_enforces_the_size_limit(tmp_path, fake_build, monkeypatch):
     course = tmp_path / "course"
     mb = ship_profile(course, [LAB1], "smoke", "digits", cache=tmp_path / "cache", log=lambda m: None)
-    shipped = course / "release" / LAB1 / "checkpoints" / "lab1-source_backbone-smoke-digits.pt"
-    assert shipped.read_bytes() == b"x" * 10 and mb == pytest.approx(1e-5)
+    copy = course / "release" / LAB1 / "checkpoints" / "lab1-source_backbone-smoke-digits.pt"
+    assert copy.read_bytes() == b"x" * 10 and mb == pytest.approx(1e-5)
     assert not (course / "source").exists()  # grading copies source/: it never gets these
     monkeypatch.setattr(shipped, "SIZE_LIMIT_MB", 0)
     with pytest.raises(ReleaseError, match="over the bundle's limit of 0 MB"):
