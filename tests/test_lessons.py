@@ -14,7 +14,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # `bench` is a folder of the repository, not an installed package
 
 from bench import lessons  # noqa: E402
-from bench.lessons import CLAIMS, Record, evaluate, evaluate_all  # noqa: E402
+from bench.claims import CLAIMS, Record, evaluate  # noqa: E402
+from bench.lessons import evaluate_all  # noqa: E402
 
 BY_ID = {c.id: c for c in CLAIMS}
 L1, L2, L3, L4, L5, L6, L7 = lessons.LABS[:7]
