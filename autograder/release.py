@@ -163,8 +163,10 @@ Set `LABKIT_PROFILE` before starting JupyterLab:
 * `fast` (default): minutes per notebook on a laptop CPU;
 * `full`: the paper-sized runs, for a GPU.
 
-Example: `LABKIT_PROFILE=smoke jupyter lab`. Labs 4 and 5 continue from models built in
-labs 3 and 4; when you have not run those, they load the copies in `checkpoints/`.
+Example: `LABKIT_PROFILE=smoke jupyter lab`. Labs 1 and 2 start from models the course staff
+trained once for you (a pretrained backbone, two teachers) in `<lab>/checkpoints/`. Labs 4, 5
+and 7 continue from models built in labs 3, 4 and 5; when you have not run those, they load
+the copies in `checkpoints/` and say which file they use.
 
 ## Before you submit
 
