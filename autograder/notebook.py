@@ -25,6 +25,7 @@ LAB_IDS = (
     "lab4_vgg_prune",
     "lab5_finetune_pruned",
     "lab6_efficient_convs",
+    "lab7_quantization",
 )
 
 BEGIN_SOLUTION = "### BEGIN SOLUTION"

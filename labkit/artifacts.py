@@ -67,7 +67,7 @@ def record_headline(lab: str, profile: Profile | None = None, **numbers: float |
     data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     def plain(v):  # numpy / torch scalars -> Python numbers, so json can write them
         v = v.item() if hasattr(v, "item") else v
-        return round(v, 4) if isinstance(v, float) else v
+        return float(f"{v:.5g}") if isinstance(v, float) else v  # significant digits: 2.9e-06 stays
 
     data[lab] = {"profile": prof.name, "dataset": prof.dataset, **{k: plain(v) for k, v in numbers.items()}}
     text = json.dumps(data, indent=2, sort_keys=True)  # fails before any file is touched

@@ -152,6 +152,15 @@ PLAUSIBLY_WRONG = {
     "model_sparsity": ("averages per layer", "    return zeros / total",
                        "    fr = [float((m.weight == 0).float().mean()) for m in model.modules()\n"
                        "          if isinstance(m, (nn.Conv2d, nn.Linear))]\n    return sum(fr) / len(fr)"),
+    # lab 7
+    "quantize_affine": ("divides the range by 2**bits", "scale = (rmax - rmin) / (qmax - qmin)",
+                        "scale = (rmax - rmin) / 2 ** bits"),
+    "dequantize_affine": ("ignores the zero point", "(q.to(torch.int32) - zero_point.to(torch.int32)).float() * scale",
+                          "q.float() * scale"),
+    "int8_linear": ("forgets the input zero point", "x = x_q.to(torch.int32) - int(x_zp)", "x = x_q.to(torch.int32)"),
+    "fold_bn": ("divides by the variance, not the standard deviation",
+                "std = torch.sqrt(bn.running_var.detach() + bn.eps)", "std = bn.running_var.detach() + bn.eps"),
+    "kmeans_quantize": ("one Lloyd round only", "for _ in range(50):", "for _ in range(1):"),
 }
 
 

@@ -1,7 +1,7 @@
 """End to end on the real labs: release → a class of generated submissions → grade (2 workers).
 
-Reference and blank for every lab; one plausible mistake per graded name and the hostile cases
-that need a real lab on HOSTILE_LAB (every lab's mistakes are judged in tests/test_judge.py, every
+Reference and blank for every lab; one plausible mistake per graded name on HOSTILE_LAB and lab 7, and
+the hostile cases that need a real lab on HOSTILE_LAB (every lab's mistakes are judged in tests/test_judge.py, every
 other attack graded in the tiny class of tests/test_autograder.py). Asserts exact per-cell scores, that neither the student bundle nor
 any feedback file leaks a solution or hidden test, and byte-identical CSVs on re-grading.
 """
@@ -24,6 +24,8 @@ from autograder.release import build_bundle, build_course, scan_for_leaks
 
 pytestmark = pytest.mark.slow
 HOSTILE_LAB = "lab6_efficient_convs"
+# Labs whose plausible mistakes (one per graded name) also go through the whole pipeline here.
+MISTAKE_LABS = (HOSTILE_LAB, "lab7_quantization")
 OTHER_LAB = "lab2_knowledge_distillation"
 # Hostile cases that need a real lab (torch, labkit.checks, instructor paths of the real course);
 # every other attack is graded, with exact scores, in the tiny class of tests/test_autograder.py.
@@ -55,9 +57,9 @@ def graded(tmp_path_factory):
     for lab in labs:
         cases[("reference", lab)] = gf.Case(gf.reference(src[lab]))
         cases[("blank", lab)] = gf.Case(rel[lab], zero=("*",))
-        # one function wrong in a plausible way, through the whole pipeline for the hostile lab; the
-        # same mistakes of every lab are judged in tests/test_judge.py (same judge, seconds instead)
-        for name in nbu.graded_names(src[lab]) if lab == HOSTILE_LAB else []:
+        # one function wrong in a plausible way, through the whole pipeline for the hostile lab and
+        # lab 7; the same mistakes of every lab are judged in tests/test_judge.py (same judge, seconds)
+        for name in nbu.graded_names(src[lab]) if lab in MISTAKE_LABS else []:
             cases[(f"wrong_{name}", lab)] = gf.Case(
                 gf.plausibly_wrong(src[lab], name),
                 zero=tuple(nbu.grade_id(c) for c in gf.test_cells(src[lab], name)))

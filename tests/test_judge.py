@@ -19,6 +19,7 @@ from autograder import probe as P
 LABS = [lab for lab in nbu.available_labs() if lab in nbu.LAB_IDS]
 
 
+
 # ---------------------------------------------------------------------------- comparison rules
 
 def test_compare_numbers_tensors_and_exceptions():

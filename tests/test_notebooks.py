@@ -1,4 +1,4 @@
-"""Static checks of the six source notebooks (executing them is nbval's job, see the Makefile).
+"""Static checks of the source notebooks (executing them is nbval's job, see the Makefile).
 
 Committed without outputs, kernelspec python3, valid nbgrader metadata (schema 3, allowed keys,
 unique grade ids), a locked setup cell first, hidden tests in every test cell, written questions,
