@@ -85,10 +85,31 @@ def test_profile_error_is_a_value_error():
 
 
 def test_small_embedded_dataset_gets_small_batches(tmp_path):
-    from labkit.profile import SIZES, resolve
+    from labkit.profile import DIGITS_SIZES, SIZES, resolve
 
     env = {"LABKIT_PROFILE": "fast", "LABKIT_DATASET": "digits", "LABKIT_DATA_ROOT": str(tmp_path)}
     prof = resolve(env)
+    assert prof.sizes == DIGITS_SIZES["fast"]
     assert prof.sizes.batch_size == 64 < SIZES["fast"].batch_size
-    assert prof.sizes.epochs == SIZES["fast"].epochs  # only the batch size and its lr change
+    assert prof.sizes.width == SIZES["fast"].width  # the same models, fewer repetitions
     assert resolve({"LABKIT_PROFILE": "smoke"}).sizes == SIZES["smoke"]
+    assert resolve(dict(env, LABKIT_DATASET="cifar10")).sizes == SIZES["fast"]
+
+
+def test_fallback_to_digits_is_announced_with_the_command_that_prepares_cifar10(tmp_path, capsys, monkeypatch):
+    from labkit.profile import DATA_HINT
+
+    note = resolve({"LABKIT_DATA_ROOT": str(tmp_path)}).note   # fast, no cache: the fallback
+    assert "\n" not in note and "CIFAR-10 is not prepared" in note and DATA_HINT in note
+    # no note when digits is chosen (smoke, or LABKIT_DATASET), or when the cache exists
+    assert resolve({"LABKIT_DATA_ROOT": str(tmp_path), "LABKIT_PROFILE": "smoke"}).note == ""
+    assert resolve({"LABKIT_DATA_ROOT": str(tmp_path), "LABKIT_DATASET": "digits"}).note == ""
+    (tmp_path / "cifar10").mkdir()
+    (tmp_path / "cifar10" / "cifar10.npz").write_bytes(b"")
+    assert resolve({"LABKIT_DATA_ROOT": str(tmp_path)}).note == ""
+    # the notebook's first output: the profile line, then the note as one highlighted line
+    fallback = resolve({"LABKIT_DATA_ROOT": str(tmp_path / "none"), "LABKIT_ARTIFACTS": str(tmp_path / "a")})
+    monkeypatch.setattr(profile, "get_profile", lambda: fallback)
+    profile.setup_notebook(quiet=False)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == fallback.describe() and lines[1] == f"\x1b[1;30;43m{fallback.note}\x1b[0m" and len(lines) == 2
