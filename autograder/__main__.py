@@ -37,8 +37,12 @@ def cmd_release(args: argparse.Namespace) -> int:
     from autograder.release import ReleaseError, release
 
     try:
-        release(Path(args.out), Path(args.course_dir), _lab_arg(args.lab, args.labs), db_url=args.db_url,
-                profile=args.profile, dataset=args.dataset, cache=Path(args.cache_dir) if args.cache_dir else None)
+        from autograder.runner import without_kernel_tcp_warning
+
+        with without_kernel_tcp_warning():
+            release(Path(args.out), Path(args.course_dir), _lab_arg(args.lab, args.labs), db_url=args.db_url,
+                    profile=args.profile, dataset=args.dataset,
+                    cache=Path(args.cache_dir) if args.cache_dir else None)
     except ReleaseError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -14,53 +14,15 @@ The kernels' start-up warning about unencrypted TCP is filtered out of the outpu
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from autograder import notebook as nbu
-
-
-# Every kernel nbclient and nbgrader start logs this once at start-up (ipykernel's
-# IPKernelApp.init_sockets, when the transport is tcp and no CurveZMQ key is set) to the stderr it
-# inherited from us: a dozen identical lines between the demo's own. The kernels only ever listen
-# on localhost here.
-KERNEL_TCP_WARNING = b"Kernel is running over TCP without encryption"
-
-
-@contextlib.contextmanager
-def _without_kernel_tcp_warning() -> Iterator[None]:
-    """Drop :data:`KERNEL_TCP_WARNING` lines from everything written to this process's stderr
-    (file descriptor 2, so child processes such as kernels included); pass every other line on."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    read_end, write_end = os.pipe()
-    out = os.dup(saved)
-    os.dup2(write_end, 2)
-    os.close(write_end)
-
-    def pump() -> None:
-        with open(read_end, "rb", buffering=0) as src, open(out, "wb", buffering=0) as dst:
-            for line in src:
-                if KERNEL_TCP_WARNING not in line:
-                    dst.write(line)
-
-    thread = threading.Thread(target=pump, name="demo-stderr-filter", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(saved, 2)  # our copy of the pipe closes: the pump ends once the children's copies do
-        os.close(saved)
-        thread.join(timeout=2)
+from autograder.runner import without_kernel_tcp_warning
 
 
 def _headlines(artifacts: Path, lab: str) -> str:
@@ -82,7 +44,7 @@ def demo(workers: int | None = None, keep: Path | None = None, profile: str = "f
     for real (lab 3's VGG above 90 %); ``smoke`` only proves that the whole course runs, with
     accuracies near chance. Release and grading take about two more minutes either way.
     """
-    with _without_kernel_tcp_warning():
+    with without_kernel_tcp_warning():
         return _demo(workers, keep, profile)
 
 

@@ -213,10 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     artifacts = (args.artifacts or REPO / "build" / "lessons" / args.profile).resolve()
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
-    shipped = starting_checkpoints(labs, args.profile, dataset)
-    runs = [run_lab(lab, seed, artifacts if seed == 0 else artifacts / f"seed{seed}", args.profile, dataset,
-                    args.timeout, shipped.get(lab))
-            for lab in labs for seed in seeds_for(lab, args.seeds)]
+    from autograder.runner import without_kernel_tcp_warning
+
+    with without_kernel_tcp_warning():
+        shipped = starting_checkpoints(labs, args.profile, dataset)
+        runs = [run_lab(lab, seed, artifacts if seed == 0 else artifacts / f"seed{seed}", args.profile, dataset,
+                        args.timeout, shipped.get(lab))
+                for lab in labs for seed in seeds_for(lab, args.seeds)]
     result = {"claims": evaluate_all(labs, runs),
               "notebooks": [{k: v for k, v in r.items() if k != "record"} for r in runs],
               "machine": machine_info(), "command": shlex.join(["python", "-m", "bench.lessons", *argv]),
