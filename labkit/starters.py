@@ -27,6 +27,7 @@ import torch.nn as nn
 
 from labkit import data, train
 from labkit.artifacts import artifact_path, find_artifact
+from labkit.checkpoints import load_checkpoint, save_checkpoint
 from labkit.models import build_model
 from labkit.profile import Profile, get_profile, seed_everything
 
@@ -183,20 +184,17 @@ STARTERS: dict[tuple[str, str], Starter] = {(s.lab, s.name): s for s in (
 # --------------------------------------------------------------------------- storage
 def save_model(model: nn.Module, path: Path | str, arch: str, kwargs: dict, **info: Any) -> Path:
     """Write ``{"arch", "kwargs", "state_dict" (floats as fp16), **info}`` atomically."""
-    from labkit.files import atomic_open
-
-    state = {k: (v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu())
-             for k, v in model.state_dict().items()}
-    path = Path(path)
-    with atomic_open(path, "wb") as f:
-        torch.save({"arch": arch, "kwargs": dict(kwargs), "state_dict": state, **info}, f)
-    return path
+    state = {k: (v.detach().half() if v.is_floating_point() else v.detach()) for k, v in model.state_dict().items()}
+    return save_checkpoint(path, state, arch=arch, kwargs=dict(kwargs), **info)
 
 
 def load_model(path: Path | str, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild a model written by :func:`save_model` (fp32, eval mode); returns ``(model, info)``."""
-    blob = torch.load(Path(path), map_location="cpu", weights_only=True)
-    if not isinstance(blob, dict) or not {"arch", "kwargs", "state_dict"} <= set(blob):
+    try:
+        blob = load_checkpoint(path)
+    except ValueError:  # no state_dict at all
+        blob = {}
+    if not {"arch", "kwargs", "state_dict"} <= set(blob):
         raise ValueError(f"{path} is not a labkit starter (needs arch, kwargs, state_dict); "
                          f"rebuild it with python -m autograder release")
     model = build_model(blob["arch"], **blob["kwargs"])
