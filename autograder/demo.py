@@ -50,7 +50,8 @@ def demo(workers: int | None = None, keep: Path | None = None, profile: str = "f
 
 def _demo(workers: int | None, keep: Path | None, profile: str) -> int:
     os.environ["LABKIT_DATASET"] = "digits"  # the embedded dataset: no download, ever
-    from autograder.release import build_bundle, build_course, run_notebook
+    from autograder.release import build_bundle, build_course
+    from autograder.runner import run_notebook
 
     labs = nbu.available_labs()
     if not labs:

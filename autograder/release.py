@@ -26,7 +26,6 @@ from pathlib import Path
 from autograder import shipped
 from autograder import notebook as nbu
 from autograder.logs import error_line
-from autograder.runner import RunResult, run_notebook  # noqa: F401 - demo imports them from here
 from labkit.files import atomic_open
 
 REPO = nbu.REPO

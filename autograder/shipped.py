@@ -157,10 +157,10 @@ def build(labs: list[str], profile: str = "smoke", dataset: str | None = None, c
     if dataset is None and profile != "smoke":
         dataset = "cifar10"  # what students run; a missing cache stops with the command that prepares it
     cache = Path(cache or REPO / "build" / "checkpoint-cache").resolve()
-    tmp_prof = _profile(profile, dataset, cache)
-    folder = cache / f"{tmp_prof.name}-{tmp_prof.dataset}-{cache_key(tmp_prof, notebooks)}"
+    prof = _profile(profile, dataset, cache)
+    folder = cache / f"{prof.name}-{prof.dataset}-{cache_key(prof, notebooks)}"  # the key ignores artifacts
     artifacts = folder / "artifacts"
-    prof = _profile(profile, dataset, artifacts)
+    prof = prof.with_(artifacts=artifacts)
     done_path = folder / "done.json"
     done = set(json.loads(done_path.read_text(encoding="utf-8"))) if done_path.is_file() else set()
     todo = [item for item in items if item.key not in done or not _files(item, artifacts, prof)]
