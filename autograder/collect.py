@@ -4,7 +4,7 @@
 Layouts:
 
 * a folder ``<student_id>/<lab_id>/<lab_id>.ipynb`` (optional ``timestamp.txt`` beside the
-  notebook, nbgrader's format, e.g. ``2025-03-01 12:00:00 UTC``);
+  notebook, nbgrader's format, e.g. ``2025-03-01 12:00:00 UTC``, and the capstone's ``model.pt``);
 * a zip of that folder (one wrapping folder around it is fine);
 * a flat LMS download (zip or folder), read by :mod:`autograder.lms`:
 
@@ -49,6 +49,7 @@ from typing import Iterable
 
 from autograder import notebook as nbu
 from autograder.archive import ZipLimits, extract_zip
+from autograder.capstone import MODEL_FILE
 from autograder.errors import GradingError
 from autograder.folders import JUNK, printable, refused_entry, scan
 from autograder.lms import Slot, flat_slots, is_flat
@@ -72,6 +73,7 @@ class Job:
     timestamp: str | None = None
     problems: list[str] = field(default_factory=list)
     safe_id: str = ""
+    model: str | None = None  # ``model.pt`` beside the notebook (the capstone's submitted model)
 
     def __post_init__(self) -> None:
         if not self.safe_id:
@@ -173,6 +175,8 @@ def _fill_lab(job: Job, sdir: Path, kind: str | None, root: Path, rejected: dict
         job.problems.append("nothing submitted")
     if entries.get("timestamp.txt") == "file":
         job.timestamp = read_timestamp(ldir / "timestamp.txt")
+    if entries.get(MODEL_FILE) == "file":
+        job.model = str(ldir / MODEL_FILE)
     if job.notebook is not None:
         _check_job(job)
 

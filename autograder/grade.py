@@ -27,8 +27,8 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
+from autograder import capstone, report
 from autograder import notebook as nbu
-from autograder import report
 from autograder.collect import Job, collect
 from autograder.errors import GradingError
 from autograder.job import lab_cells, make_ticket, remove_tree
@@ -87,9 +87,24 @@ def _job_key(job: Job, course: Path, options: dict) -> str:
     for part in (job.student, job.lab, job.timestamp or "", json.dumps(options, sort_keys=True),
                  json.dumps(job.problems)):
         h.update(part.encode())
-    for f in (course / "judge" / f"{job.lab}.json", course / "source" / job.lab / f"{job.lab}.ipynb"):
+    for f in (course / "judge" / f"{job.lab}.json", course / "source" / job.lab / f"{job.lab}.ipynb",
+              capstone.folder(course, job.lab) / "config.json"):
         h.update(f.read_bytes() if f.is_file() else b"")
+    if job.model:  # the capstone's model: a new model.pt is graded again
+        h.update(b"model" + _file_digest(Path(job.model)))
     return h.hexdigest()
+
+
+def _file_digest(path: Path, limit: int = 64 * 1024 ** 2) -> bytes:
+    """sha256 of a file's first ``limit`` bytes and its size (a huge file is not read whole)."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            h.update(f.read(limit))
+        h.update(str(path.stat().st_size).encode())
+    except OSError:
+        h.update(b"unreadable")
+    return h.digest()
 
 
 def _state_path(out: Path, job: Job) -> Path:
@@ -224,6 +239,7 @@ def grade(submissions: Path, out: Path, course: Path, labs: list[str] | None = N
         results = _run_jobs(jobs, course, work, out, gradebook, options, workers, job_timeout, progress,
                             scheduler)
         rows = report.write_outputs(results, {lab: lab_cells(course, lab) for lab in labs}, out)
+        capstone.write_leaderboard(results, out)
         if db_url:
             report.merge_gradebook(results, db_url)
     finally:

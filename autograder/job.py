@@ -13,7 +13,9 @@ it. The steps, each under its own error handling so that a failure is this job's
    (:mod:`autograder.probe`);
 4. **judge**: the records against the reference's (:mod:`autograder.judge`); the judge's
    points replace nbgrader's for every autograded test cell in the job's gradebook;
-5. **feedback**: the verdicts shown under each test cell, hidden tests scrubbed, HTML sanitised.
+5. **model** (the capstone only): the submitted ``model.pt`` evaluated on the hidden test half in
+   a third sandbox (:mod:`autograder.capstone`); its points replace the model cell's;
+6. **feedback**: the verdicts shown under each test cell, hidden tests scrubbed, HTML sanitised.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from autograder import capstone
 from autograder import notebook as nbu
 from autograder.collect import Job
 from autograder.logs import error_line, last_line
@@ -321,6 +324,13 @@ def run_job(ticket: dict) -> dict:
         expected = json.loads((course / "judge" / f"{job.lab}.json").read_text())
         maxp = {c["grade_id"]: c["max_score"] for c in lab_cells(course, job.lab)}
         verdicts = judge.judge_cells(expected, records, maxp)
+        model_cell = capstone.MODEL_CELLS.get(job.lab)
+        if model_cell in maxp:  # the capstone's model cell: always scored here, never by the kernel
+            row, verdict = capstone.evaluate_job(course, job.lab, job.model, jdir, ticket, maxp[model_cell])
+            verdicts[model_cell] = {**verdict, "max_points": maxp[model_cell]}
+            result["model"] = row
+            if row["problem"]:
+                job.problems.append(f"model.pt: {row['problem']}")
         save_scores(config, job, verdicts, float(ticket.get("late_penalty_per_day", 0.0)))
         read_scores(config, job, result)
         result["verdicts"] = {gid: v["message"] for gid, v in verdicts.items()}

@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from autograder import notebook as nbu
+from autograder.capstone import MODEL_CELLS
+
+MODEL_CELL_IDS = frozenset(MODEL_CELLS.values())
 
 PROBE_SCRIPT = Path(__file__).with_name("probe.py")
 MAX_RECORD_BYTES = 32 * 1024 * 1024  # a probe output larger than this is not read
@@ -60,6 +63,8 @@ def autograded_tests(source_nb: dict) -> list[tuple[str, str]]:
     for cell in source_nb["cells"]:
         meta = nbu.nbgrader_meta(cell)
         if cell.get("cell_type") != "code" or not meta.get("grade") or meta.get("solution"):
+            continue
+        if meta.get("grade_id") in MODEL_CELL_IDS:  # scored from the submitted model, not by hidden checks
             continue
         hidden = hidden_region(cell)
         if hidden is None or f"def {CHECKS_KEY}(" not in hidden:

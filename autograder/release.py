@@ -19,11 +19,10 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 import zipfile
 from pathlib import Path
 
-from autograder import shipped
+from autograder import capstone, shipped
 from autograder import notebook as nbu
 from autograder.logs import error_line
 from labkit.files import atomic_open
@@ -98,6 +97,9 @@ def build_course(course: Path, labs: list[str] | None = None, notebooks: Path = 
                 shutil.copyfile(item, dest / item.name)
     if checkpoints:
         build_checkpoints(course, labs, notebooks, log=log)
+    for lab in labs:  # the capstone's test halves: digits for grading under smoke (public half in source/)
+        if lab in capstone.MODEL_CELLS:
+            capstone.build(course, lab, "digits", [course / "source" / lab], log=log)
     import logging
 
     # The course's own SQLite gradebook is always written: grading copies it into every job.
@@ -221,9 +223,24 @@ def build_bundle(course: Path, out: Path, labs: list[str] | None = None, repo: P
     return final, zpath
 
 
+def _capstone_for(course: Path, labs: list[str], profile: str, dataset: str | None, log) -> None:
+    """The capstone's halves for the shipped profile's dataset: public half into ``release/`` only,
+    hidden half for grading (``config.json``'s dataset becomes this one)."""
+    from labkit.profile import resolve
+
+    name = resolve({"LABKIT_PROFILE": profile, **({"LABKIT_DATASET": dataset} if dataset else {})}).dataset
+    for lab in labs:
+        if lab in capstone.MODEL_CELLS and name != "digits":
+            try:
+                capstone.build(course, lab, name, [course / "release" / lab], log=log)
+            except capstone.CapstoneError as exc:
+                raise ReleaseError(str(exc)) from None
+
+
 def scan_for_leaks(folder: Path) -> list[str]:
-    """``path: marker`` for every text file under ``folder`` holding a solution / hidden-test marker."""
-    found = []
+    """``path: marker`` for every text file under ``folder`` holding a solution / hidden-test marker,
+    and ``path: hidden half`` for any file of the capstone's hidden test half."""
+    found = [f"{p.relative_to(folder)}: hidden half" for p in sorted(Path(folder).rglob("hidden_*"))]
     for path in sorted(Path(folder).rglob("*")):
         if path.is_file() and path.suffix in (".ipynb", ".py", ".md", ".txt", ".html", ".json", ".toml", ".yml"):
             text = path.read_text(encoding="utf-8", errors="replace")
@@ -245,6 +262,7 @@ def release(out: Path, course: Path, labs: list[str] | None = None, notebooks: P
     labs = labs or nbu.available_labs(notebooks)
     if profile and (profile != "smoke" or dataset):
         ship_profile(course, labs, profile, dataset, notebooks, cache, log=log)
+        _capstone_for(course, labs, profile, dataset, log)
     bundle, zpath = build_bundle(course, out, labs)
     log(f"release: student bundle {bundle} ({zpath.name})")
     return {"course": Path(course).resolve(), "bundle": bundle, "zip": zpath}

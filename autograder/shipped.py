@@ -66,7 +66,7 @@ ITEMS: tuple[Item, ...] = (
          ("lab5_finetune_pruned",), needs=("lab3_sparsity_training",), notebook="lab4_vgg_prune"),
     Item("lab5_finetune_pruned", tuple(f"lab5-{n}_finetuned-{{profile}}-{{dataset}}.pt"
                                        for n in ("baseline", "pruned50", "pruned90")),
-         ("lab7_quantization",), needs=("lab4_vgg_prune",), notebook="lab5_finetune_pruned"),
+         ("lab7_quantization", "lab8_capstone"), needs=("lab4_vgg_prune",), notebook="lab5_finetune_pruned"),
 )
 BY_KEY = {item.key: item for item in ITEMS}
 

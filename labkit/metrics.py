@@ -10,7 +10,6 @@ import copy
 import io
 import statistics
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,7 +18,7 @@ import torch
 from torch import nn
 
 __all__ = ["count_params", "count_nonzero", "flops", "macs", "serialized_size", "latency",
-           "accuracy", "confusion_matrix", "macro_f1", "model_device", "as_state_dict"]
+           "accuracy", "confusion_matrix", "model_device", "as_state_dict"]
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:
@@ -171,19 +170,3 @@ def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int
     if not len(y):  # sklearn refuses empty input; no sample, no count
         return torch.zeros(num_classes, num_classes, dtype=torch.int64)
     return torch.as_tensor(sk_confusion_matrix(y, p, labels=list(range(num_classes))), dtype=torch.int64)
-
-
-def macro_f1(preds: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
-    """Unweighted mean over all ``num_classes`` of the per-class F1 score (``sklearn.metrics``).
-
-    A class that is neither present nor predicted scores 0 and still counts in the mean:
-    ``sklearn.metrics.f1_score(average="macro", labels=range(C), zero_division=0)``.
-    """
-    from sklearn.metrics import f1_score
-
-    p, y = _checked(preds, labels, num_classes)
-    if not len(y):  # sklearn refuses empty input; every class scores 0
-        return 0.0
-    with warnings.catch_warnings():  # sklearn warns (stderr) on degenerate inputs
-        warnings.simplefilter("ignore")
-        return float(f1_score(y, p, labels=list(range(num_classes)), average="macro", zero_division=0))
