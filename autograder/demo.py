@@ -7,8 +7,9 @@
    numbers each notebook recorded (its entry of ``<artifacts>/headlines.json``, see
    :func:`labkit.artifacts.record_headline`);
 2. build the release (course folder, checkpoints, student versions, bundle) in a temp folder;
-3. grade two students, the reference solutions and the untouched student version, and print
-   their grade table (grading always runs under ``smoke``).
+3. grade two students, the reference solutions (with the ``model.pt`` lab 8 exported) and the
+   untouched student version, and print their grade table and lab 8's leaderboard (grading always
+   runs under ``smoke``; the model is evaluated on the hidden half of the digits test set).
 
 The kernels' start-up warning about unencrypted TCP is filtered out of the output.
 """
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 from autograder import notebook as nbu
+from autograder.capstone import MODEL_FILE
 from autograder.runner import without_kernel_tcp_warning
 
 
@@ -70,8 +72,8 @@ def _demo(workers: int | None, keep: Path | None, profile: str) -> int:
         else:
             print(f"      {profile} on the digits: the models learn (accuracies on 359 test images); "
                   f"grading runs under smoke")
-        for lab in labs:
-            res = run_notebook(nbu.source_path(lab), arts, profile=profile)
+        for lab in labs:  # each in a folder of its own that is kept: lab 8 leaves its model.pt there
+            res = run_notebook(nbu.source_path(lab), arts, profile=profile, workdir=tmp / "runs" / lab)
             status = "ok" if res.error is None else f"FAILED: {res.error}"
             head = _headlines(arts, lab)
             print(f"  {lab:<32} {res.seconds:6.1f} s  {status}{'  ' + head if head else ''}")
@@ -96,6 +98,9 @@ def _grade_two(tmp: Path, labs: list[str], workers: int | None, ok: bool, keep: 
         for lab in labs:
             src = nbu.read_nb(course / "source" / lab / f"{lab}.ipynb")
             nbu.write_json_atomic(subs / "reference" / lab / f"{lab}.ipynb", reference_nb(src))
+            model = tmp / "runs" / lab / MODEL_FILE  # the capstone's exported model goes beside the notebook
+            if model.is_file():
+                shutil.copyfile(model, subs / "reference" / lab / MODEL_FILE)
             shutil.copytree(course / "release" / lab, subs / "untouched" / lab, dirs_exist_ok=True)
         print("demo: grading two students (reference solutions, untouched student version)")
         rows = grade(subs, tmp / "grades", course, workers=workers, quiet=True)
@@ -113,6 +118,10 @@ def _grade_two(tmp: Path, labs: list[str], workers: int | None, ok: bool, keep: 
         for line in problems:
             print("  problem:", line)
         ok &= all(r["status"].startswith("graded") for r in rows)
+        board = tmp / "grades" / "leaderboard.csv"
+        if board.is_file():
+            print("capstone leaderboard (hidden test half):")
+            print("  " + board.read_text().replace("\n", "\n  ").rstrip())
     finally:
         if keep is None:
             shutil.rmtree(tmp, ignore_errors=True)

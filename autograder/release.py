@@ -204,7 +204,7 @@ def build_bundle(course: Path, out: Path, labs: list[str] | None = None, repo: P
             if (repo / name).is_file():
                 shutil.copyfile(repo / name, stage / name)
         (stage / "README.md").write_text(STUDENT_README, encoding="utf-8")
-        leaks = scan_for_leaks(stage)
+        leaks = scan_for_leaks(stage) + capstone.find_hidden_images(stage, capstone.hidden_digests(course))
         if leaks:
             raise ReleaseError(f"refusing to write a student bundle with solutions or hidden tests: {leaks[:3]}")
         if final.exists():

@@ -88,6 +88,16 @@ def test_bundle_leak_check_refuses_hidden_half_files(tmp_path: Path) -> None:
     assert scan_for_leaks(tmp_path) == [f"{LAB}/checkpoints/hidden_labels-digits.npy: hidden half"]
 
 
+def test_bundle_content_check_finds_hidden_images_under_any_name(course: Path, tmp_path: Path) -> None:
+    images, _ = _hidden(course)
+    public = course / "source" / LAB / "checkpoints" / lc.public_test_name("digits")
+    digests = capstone.hidden_digests(course)
+    assert len(digests) == len(images)
+    assert capstone.find_hidden_images(public.parent, digests) == []
+    np.savez_compressed(tmp_path / "extra_data.npz", x=images[:3], y=np.zeros(3))
+    assert capstone.find_hidden_images(tmp_path, digests) == ["extra_data.npz: 3 hidden images"]
+
+
 # ----------------------------------------------------------------------------- tiers
 
 def test_tiers_pick_the_highest_reached() -> None:

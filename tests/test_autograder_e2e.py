@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+import capstone_fixtures as cf
 import grading_fixtures as gf
 from autograder import grade as G
 from autograder.job import lab_cells
@@ -29,6 +30,10 @@ MISTAKE_LABS = (HOSTILE_LAB, "lab7_quantization")
 OTHER_LAB = "lab2_knowledge_distillation"
 # Hostile cases that need a real lab (torch, labkit.checks, instructor paths of the real course);
 # every other attack is graded, with exact scores, in the tiny class of tests/test_autograder.py.
+CAPSTONE = "lab8_capstone"
+# The bad model.pt inputs graded end to end (issue 14); the time and memory caps are tested on the
+# evaluator alone (tests/test_autograder_capstone.py): the caps are course-wide settings.
+CAPSTONE_BAD = ("garbage", "pickle_payload", "unknown_arch", "bad_kwargs", "state_mismatch", "over_budget")
 REAL_LAB_HOSTILE = {"patch_comparators", "other_lab", "infinite_loop", "memory_hog", "snoop", "network",
                     "deleted_solution", "malformed_json"}
 # A plausible bug (counts biases too) in a function whose test compares floats through labkit.checks.
@@ -72,15 +77,34 @@ def graded(tmp_path_factory):
     cases[("patch_checks", HOSTILE_LAB)] = gf.Case(gf.insert_after(rel[HOSTILE_LAB], "setup", gf.PATCH_CHECKS),
                                                    zero=("*",))
     cases[("late", HOSTILE_LAB)] = gf.Case(gf.reference(src[HOSTILE_LAB]), timestamp="2025-03-03 13:00:00 UTC")
+    models = _capstone_cases(cases, src, rel) if CAPSTONE in labs else {}
     for (student, lab), case in cases.items():
         gf.write_submission(subs, student, lab, case.nb, case.filename, case.timestamp)
+    for student, write in models.items():
+        write(subs / student / CAPSTONE / "model.pt")
     t0 = time.perf_counter()
     G.grade(subs, root / "out", course, workers=2, deadline="2025-03-01T12:00:00Z", late_penalty_per_day=0.25,
             quiet=True)
     t_grade = time.perf_counter() - t0
     print(f"\ne2e: release {t_release:.0f} s, grading {len(cases)} submissions {t_grade:.0f} s")
     return {"root": root, "course": course, "bundle": bundle, "cases": cases, "src": src, "rel": rel,
-            "labs": labs, "out": root / "out", "subs": subs}
+            "labs": labs, "out": root / "out", "subs": subs, "good_model": models.get("reference")}
+
+
+def _capstone_cases(cases: dict, src: dict, rel: dict) -> dict:
+    """Lab 8's submissions with a model.pt: the reference's (a trained model), and each bad input beside a
+    blank notebook; returns ``student -> writer of model.pt``. The blank's folder has no model.pt."""
+    good = cf.train_good()
+    models = {"reference": lambda p: cf.write_good(p, good)}
+    models["reference"].model = good
+    bad = cf.bad_models()
+    for name in CAPSTONE_BAD:
+        write, problem = bad[name]
+        cases[(f"model_{name}", CAPSTONE)] = gf.Case(rel[CAPSTONE], zero=("*",), problem=f"model.pt: {problem}")
+        models[f"model_{name}"] = write
+    cases[("blank", CAPSTONE)] = gf.Case(rel[CAPSTONE], zero=("*",),
+                                         problem="model.pt: no model.pt submitted beside the notebook")
+    return models
 
 
 def _csv(path: Path) -> list[dict]:
@@ -162,3 +186,54 @@ def test_regrading_gives_byte_identical_csvs(graded, tmp_path):
     whole = {(r["student_id"], r["grade_id"]): r["score"] for r in _csv(graded["out"] / "cell_scores.csv")
              if r["assignment"] == lab}
     assert all(whole[k] == v for k, v in first.items())
+
+
+def test_capstone_leaderboard_rows(graded):
+    """Exact rows: the reference's model scored on the hidden half, every bad input at 0 points, unranked."""
+    if CAPSTONE not in graded["labs"]:
+        pytest.skip("no lab 8 notebook")
+    import numpy as np
+    import torch
+    from sklearn.metrics import f1_score
+
+    from autograder import capstone
+    from labkit import capstone as lc
+    from labkit import data
+
+    hidden = capstone.folder(graded["course"], CAPSTONE)
+    images, labels = np.load(hidden / "hidden_images-digits.npy"), np.load(hidden / "hidden_labels-digits.npy")
+    model = graded["good_model"].model
+    mean, std = data.MEAN_STD["digits"]
+    with torch.inference_mode():
+        preds = model(data.normalize(torch.from_numpy(images), mean, std)).argmax(1).numpy()
+    f1 = float(f1_score(labels, preds, average="macro", labels=list(range(10)), zero_division=0))
+    acc = float((preds == labels).mean())
+    cost = lc.measure(cf.GOOD_ARCH, cf.GOOD_KWARGS)
+    over = lc.measure("mobilenet_v1", {"width": 10 ** 5, "num_classes": 10})
+    rows = {r["student_id"]: r for r in _csv(graded["out"] / "leaderboard.csv")}
+    points = capstone.tier_points(f1, capstone.check_tiers(capstone.DEFAULT_TIERS, 10))
+    assert points == 10.0, f"the fixture model's hidden-half macro-F1 {f1} should reach the top tier"
+    fmt = lambda x: repr(round(x, 6))  # noqa: E731 - autograder.report.fmt
+    assert rows.pop("reference") == {"student_id": "reference", "arch": cf.GOOD_ARCH, "params": str(cost.params),
+                                     "flops": str(cost.flops), "within_budget": "true", "accuracy": fmt(acc),
+                                     "macro_f1": fmt(f1), "points": "10.0", "rank": "1"}
+    expected_arch = {"unknown_arch": "alexnet", "over_budget": "mobilenet_v1", "bad_kwargs": cf.GOOD_ARCH,
+                     "state_mismatch": cf.GOOD_ARCH}
+    measured = {"over_budget": over, "state_mismatch": lc.measure(cf.GOOD_ARCH, {**cf.GOOD_KWARGS, "width": 6})}
+    for name in CAPSTONE_BAD:
+        c = measured.get(name)
+        assert rows.pop(f"model_{name}") == {
+            "student_id": f"model_{name}", "arch": expected_arch.get(name, ""),
+            "params": str(c.params) if c else "", "flops": str(c.flops) if c else "",
+            "within_budget": "true" if name == "state_mismatch" else "false",
+            "accuracy": "", "macro_f1": "", "points": "0.0", "rank": ""}, name
+    assert rows.pop("blank")["points"] == "0.0"
+    assert rows == {}  # one row per lab 8 submission, nobody else
+    page = (graded["out"] / "leaderboard.html").read_text()
+    assert "data:image/png;base64," in page and "reference" in page
+    # the student bundle ships the public half only
+    public = lc.load_split(graded["bundle"] / CAPSTONE / "checkpoints" / lc.public_test_name("digits"))
+    seed = capstone.read_config(graded["course"], CAPSTONE)["seed"]
+    pub_idx, _ = lc.split_test(data.load_digits32()[1], seed)
+    assert torch.equal(public.labels, data.load_digits32()[1].labels[pub_idx])
+    assert not list(graded["bundle"].rglob("hidden_*"))
