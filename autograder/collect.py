@@ -240,6 +240,11 @@ def _flat_jobs(root: Path, labs: list[str], only_lab: str | None, rejected: dict
                 continue
             slot = slots.get((student, lab)) or Slot()
             job.problems += notes.get(student, []) + slot.problems
+            if slot.models:  # the capstone's model.pt: the latest, like the notebook
+                models = sorted(slot.models)
+                job.model = str(models[-1][1])
+                if len(models) > 1:
+                    job.problems.append(f"{len(models)} model files for this lab; evaluated the latest ({models[-1][2]})")
             files = sorted(slot.files)
             if not files:
                 if not job.problems:

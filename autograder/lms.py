@@ -41,7 +41,7 @@ def _lab_of_name(name: str, labs: Iterable[str]) -> str | None:
     return None
 
 
-def parse_canvas_name(name: str, labs: Iterable[str]) -> tuple[str, int, str] | None:
+def parse_canvas_name(name: str, labs: Iterable[str], default_lab: str | None = None) -> tuple[str, int, str] | None:
     """``(student id, submission id, lab)`` of a Canvas file name, None when it is not one.
 
     The id is the first numeric ``<id>_<submission id>`` pair after the display name
@@ -59,7 +59,7 @@ def parse_canvas_name(name: str, labs: Iterable[str]) -> tuple[str, int, str] | 
         splits = [(m["student"], int(m["sub"]), m["file"])] if m else []
     if len({s for s, _, _ in splits}) > 1:
         raise AmbiguousName(f"{name!r} could be student {' or '.join(dict.fromkeys(s for s, _, _ in splits))}")
-    if not splits or (lab := _lab_of_name(splits[0][2], labs)) is None:
+    if not splits or (lab := _lab_of_name(splits[0][2], labs) or default_lab) is None:
         return None
     return splits[0][0], splits[0][1], lab
 
@@ -70,6 +70,17 @@ class Slot:
 
     files: list[tuple[tuple, Path, str]] = field(default_factory=list)  # (sort key, path, shown name)
     problems: list[str] = field(default_factory=list)
+    models: list[tuple[tuple, Path, str]] = field(default_factory=list)  # the capstone's model.pt files
+
+
+def model_lab(file_name: str, labs: Iterable[str]) -> str | None:
+    """The lab a ``.pt`` file belongs to: a lab id in its name, else the one capstone lab graded (or None)."""
+    from autograder.capstone import MODEL_CELLS
+
+    capstones = [lab for lab in labs if lab in MODEL_CELLS]
+    if not file_name.endswith(".pt"):
+        return None
+    return _lab_of_name(file_name, capstones) or (capstones[0] if len(capstones) == 1 else None)
 
 
 def _mtime(path: Path) -> int:
@@ -80,9 +91,9 @@ def _mtime(path: Path) -> int:
 
 
 def _add_file(slot: Slot, path: Path, shown: str, kind: str, sub: int, root: Path,
-              rejected: dict[Path, str]) -> None:
+              rejected: dict[Path, str], model: bool = False) -> None:
     if kind == "file":
-        slot.files.append(((sub, _mtime(path), shown), path, shown))
+        (slot.models if model else slot.files).append(((sub, _mtime(path), shown), path, shown))
     else:
         slot.problems.append(refused_entry(path, kind, root, rejected))
 
@@ -96,7 +107,12 @@ def _add_moodle(slots: dict, notes: dict, root: Path, name: str, kind: str, labs
         return
     try:
         for rel, path, k in walk(root / name, rejected):
-            if not rel.endswith(".ipynb") or path.name.startswith("."):
+            if path.name.startswith("."):
+                continue
+            if rel.endswith(".pt") and (lab := model_lab(path.name, labs)):
+                _add_file(slots[(student, lab)], path, f"{name}/{rel}", k, -1, root, rejected, model=True)
+                continue
+            if not rel.endswith(".ipynb"):
                 continue
             lab = _lab_of_name(path.name, labs)
             if lab is None:
@@ -129,6 +145,15 @@ def flat_slots(root: Path, labs: list[str], rejected: dict[Path, str]) -> tuple[
                 continue
             student, sub, lab = parsed
             _add_file(slots[(student, lab)], root / name, name, kind, sub, root, rejected)
+        elif name.endswith(".pt") and kind != "dir" and model_lab(name, labs):
+            try:  # the capstone's model.pt, renamed by Canvas like a notebook
+                parsed = parse_canvas_name(name, [], default_lab=model_lab(name, labs))
+            except AmbiguousName as exc:
+                print(f"warning: skipped {name}: ambiguous LMS file name ({exc})")
+                continue
+            if parsed is not None:
+                student, sub, lab = parsed
+                _add_file(slots[(student, lab)], root / name, name, kind, sub, root, rejected, model=True)
         elif kind == "dir" and "_assignsubmission_" not in name:
             print(f"warning: skipped folder {name}: not a Moodle submission folder "
                   "(<name>_<id>_assignsubmission_file_)")

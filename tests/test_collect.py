@@ -671,3 +671,51 @@ def test_whole_input_errors(tmp_path):
     _write(tmp_path / "notes.txt", "hello")
     with pytest.raises(GradingError, match="neither a folder nor a zip file"):
         C.collect(tmp_path / "notes.txt", [LAB], tmp_path / "w")
+
+
+# ----------------------------------------------------------------------------- the capstone's model.pt
+CAPSTONE = "lab8_capstone"
+
+
+def test_model_pt_beside_the_notebook_in_every_layout(tmp_path):
+    # folder layout: <student>/<lab>/model.pt
+    tree = tmp_path / "tree"
+    _write(tree / "s1" / CAPSTONE / f"{CAPSTONE}.ipynb", _nb())
+    _write(tree / "s1" / CAPSTONE / "model.pt", b"weights")
+    _write(tree / "s2" / CAPSTONE / f"{CAPSTONE}.ipynb", _nb())
+    jobs = {j.student: j for j in C.collect(tree, [CAPSTONE], tmp_path / "w1")}
+    assert Path(jobs["s1"].model) == tree / "s1" / CAPSTONE / "model.pt" and jobs["s2"].model is None
+    # Canvas: the model is renamed like the notebook; a re-submission (-1) with a later submission id wins
+    flat = tmp_path / "canvas"
+    _write(flat / f"doe_12345_300_{CAPSTONE}.ipynb", _nb())
+    _write(flat / "doe_12345_300_model.pt", b"old")
+    _write(flat / "doe_12345_301_model-1.pt", b"new")
+    _write(flat / "roe_777_5_model.pt", b"only a model")
+    jobs = {j.student: j for j in C.collect(flat, [CAPSTONE], tmp_path / "w2")}
+    assert Path(jobs["12345"].model).name == "doe_12345_301_model-1.pt"
+    assert jobs["12345"].problems == ["2 model files for this lab; evaluated the latest (doe_12345_301_model-1.pt)"]
+    assert jobs["777"].notebook is None and jobs["777"].problems == ["nothing submitted"]
+    # Moodle: any .pt in the student's folder
+    z = tmp_path / "moodle.zip"
+    folder = "Jane Doe_4242_assignsubmission_file_"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr(f"{folder}/{CAPSTONE}.ipynb", json.dumps(_nb()))
+        zf.writestr(f"{folder}/model.pt", b"weights")
+    job, = C.collect(z, [CAPSTONE], tmp_path / "w3")
+    assert Path(job.model).name == "model.pt" and Path(job.model).read_bytes() == b"weights"
+
+
+def test_model_pt_is_ignored_for_labs_without_a_model(tmp_path):
+    flat = tmp_path / "canvas"
+    _write(flat / f"doe_12345_300_{LAB}.ipynb", _nb())
+    _write(flat / "doe_12345_300_model.pt", b"weights")
+    job, = C.collect(flat, [LAB], tmp_path / "w")
+    assert job.model is None and job.notebook
+
+
+def test_a_symlinked_model_pt_is_refused(tmp_path):
+    tree = tmp_path / "tree"
+    _write(tree / "s1" / CAPSTONE / f"{CAPSTONE}.ipynb", _nb())
+    (tree / "s1" / CAPSTONE / "model.pt").symlink_to("/etc/passwd")
+    job, = C.collect(tree, [CAPSTONE], tmp_path / "w")
+    assert job.model is None and any("model.pt" in p and "symlink" in p for p in job.problems), job.problems
