@@ -26,6 +26,7 @@ LAB_IDS = (
     "lab5_finetune_pruned",
     "lab6_efficient_convs",
     "lab7_quantization",
+    "lab8_capstone",
 )
 
 BEGIN_SOLUTION = "### BEGIN SOLUTION"

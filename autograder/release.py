@@ -89,7 +89,7 @@ def build_course(course: Path, labs: list[str] | None = None, notebooks: Path = 
         dest = course / "source" / lab
         dest.mkdir(parents=True, exist_ok=True)
         for item in src.parent.iterdir():  # the notebook and any data files beside it
-            if item.name in ("artifacts", ".ipynb_checkpoints", "checkpoints", "__pycache__"):
+            if item.name in ("artifacts", ".ipynb_checkpoints", "checkpoints", "__pycache__", capstone.MODEL_FILE):
                 continue
             if item.is_dir():
                 shutil.copytree(item, dest / item.name, dirs_exist_ok=True)

@@ -2,9 +2,9 @@
 
 Two kinds of item, built in this order:
 
-* **starters** (:mod:`labkit.starters`): lab 1's source backbone and lab 2's two teachers,
-  trained here with ``labkit.starters.train_starter``;
-* **chain checkpoints**: labs 4, 5 and 7 continue from models that labs 3, 4 and 5 write. They
+* **starters** (:mod:`labkit.starters`): lab 1's source backbone, lab 2's two teachers and lab 8's
+  teacher, trained here with ``labkit.starters.train_starter``;
+* **chain checkpoints**: labs 4, 5, 7 and 8 continue from models that labs 3, 4 and 5 write. They
   are built by running those *source* notebooks (they hold the solutions) with nbclient under
   the profile, sharing one artifacts folder so each finds its predecessor's output.
 
@@ -60,6 +60,7 @@ ITEMS: tuple[Item, ...] = (
          ("lab2_knowledge_distillation",), starter=("lab2", "teacher_scratch")),
     Item("lab2/teacher_pretrained", ("lab2-teacher_pretrained-{profile}-{dataset}.pt",),
          ("lab2_knowledge_distillation",), starter=("lab2", "teacher_pretrained")),
+    Item("lab8/teacher", ("lab8-teacher-{profile}-{dataset}.pt",), ("lab8_capstone",), starter=("lab8", "teacher")),
     Item("lab3_sparsity_training", ("lab3-vgg_sparse-{profile}-{dataset}.pt",), ("lab4_vgg_prune",),
          notebook="lab3_sparsity_training"),
     Item("lab4_vgg_prune", tuple(f"lab4-{n}-{{profile}}-{{dataset}}.pt" for n in ("baseline", "pruned50", "pruned90")),

@@ -17,6 +17,7 @@ from typing import Any, Callable
 from autograder import notebook as nbu
 
 LAB7 = "lab7_quantization"
+LAB8 = "lab8_capstone"
 
 
 class NotMeasured(LookupError):
@@ -213,6 +214,10 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("L7.4", LAB7, "max |BN-folded − unfolded| output difference", _bn_fold_diff, "<=", 1e-4),
     Claim("L7.5", LAB7, "4-bit k-means weight sharing accuracy − fp32 (points)", points("acc_kmeans4", "acc_fp32"),
           ">=", -2.0),
+    # issue 14 (macro-F1 on the public test half, 0–100 points)
+    Claim("L8.1", LAB8, "KD student with the decreasing temperature − student alone (macro-F1 points)",
+          points("kd_decreasing_f1", "student_f1"), ">=", 1.0),
+    Claim("L8.2", LAB8, "the reference's final model is within the budget", flag("final_within_budget"), "is", True),
 )
 
 

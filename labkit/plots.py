@@ -14,7 +14,7 @@ import torch
 from matplotlib.figure import Figure
 
 __all__ = ["training_curves", "sparsity_curves", "gamma_histograms", "params_vs_accuracy",
-           "per_class_bars"]
+           "per_class_bars", "params_vs_score"]
 
 _LABELS = {"train_acc": "train accuracy (%)", "test_acc": "test accuracy (%)",
            "train_loss": "train loss", "test_loss": "test loss", "lr": "learning rate",
@@ -157,4 +157,31 @@ def per_class_bars(accs: Mapping[str, torch.Tensor], classes: Sequence[str]) -> 
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 100)
     ax.legend(fontsize="small")
+    return fig
+
+
+def params_vs_score(points: Mapping[str, tuple[float, float]], ylabel: str = "macro-F1",
+                    xlabel: str = "parameters", max_params: float | None = None,
+                    logx: bool = False) -> Figure:
+    """One labelled marker per model at ``(params, score)``, e.g. the rows of an ablation table.
+
+    ``points`` maps a model's name to ``(params, score)``; scores are drawn as given (no percent
+    conversion) against ``ylabel``. ``max_params`` (a parameter budget) adds a dashed vertical
+    line, so the models within the budget are those left of it.
+    """
+    if not points:
+        raise ValueError("params_vs_score needs at least one point")
+    fig = _new_figure((5.5, 3.8))
+    ax = fig.subplots()
+    for i, (name, (params, score)) in enumerate(points.items()):
+        ax.scatter([params], [score], s=40, color=f"C{i % 10}", zorder=3)
+        ax.annotate(name, (params, score), fontsize=8, xytext=(5, 3), textcoords="offset points")
+    if max_params is not None:
+        ax.axvline(max_params, color="gray", linestyle="--", linewidth=1, label=f"budget: {max_params:,.0f}")
+        ax.legend(fontsize="small", loc="lower right")
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, which="both")
     return fig

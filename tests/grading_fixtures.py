@@ -161,6 +161,13 @@ PLAUSIBLY_WRONG = {
     "fold_bn": ("divides by the variance, not the standard deviation",
                 "std = torch.sqrt(bn.running_var.detach() + bn.eps)", "std = bn.running_var.detach() + bn.eps"),
     "kmeans_quantize": ("one Lloyd round only", "for _ in range(50):", "for _ in range(1):"),
+    # lab 8 (its kd_loss and linear_temperature are lab 2's, with lab 2's mistakes above)
+    "macro_f1": ("averages over the classes present only", "return float(f1.mean())",
+                 "return float(f1[denom > 0].mean())"),
+    "select_best": ("a tie goes to the later epoch", "if best is None or score > best:",
+                    "if best is None or score >= best:"),
+    "export_model": ("keeps the tensors' dtype (fp64 stays fp64)", 'v.detach().to("cpu", torch.float32)',
+                     'v.detach().to("cpu")'),
 }
 
 

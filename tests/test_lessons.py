@@ -27,12 +27,12 @@ def row(claim_id: str, **numbers) -> dict:
     return evaluate(claim, {0: Record(claim.lab, numbers)})
 
 
-def test_the_table_holds_every_claim_of_issues_11_and_13_in_order():
+def test_the_table_holds_every_claim_of_issues_11_13_and_14_in_order():
     ids = [c.id for c in CLAIMS]
     assert ids == ["L1.1", "L1.1b", "L1.2", "L1.3", "L1.4", "L1.5", "L2.1", "L2.2", "L2.2b", "L2.3",
                    "L3.1", "L3.1b", "L3.2", "L3.3", "L4.1", "L4.2", "L4.3", "L4.3b", "L4.4",
                    "L5.1", "L5.2", "L5.3", "L5.3b", "L5.4", "L6.1", "L6.2", "L6.3", "L6.3b", "L6.4",
-                   "L7.1", "L7.2", "L7.3", "L7.4", "L7.5"]
+                   "L7.1", "L7.2", "L7.3", "L7.4", "L7.5", "L8.1", "L8.2"]
     assert [c.lab for c in CLAIMS] == sorted(c.lab for c in CLAIMS)  # lab order
     assert L7 == "lab7_quantization" and {c.lab for c in CLAIMS} == set(lessons.LABS)
 

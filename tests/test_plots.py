@@ -77,3 +77,26 @@ def test_figures_save_under_agg(tmp_path):
     fig = plots.training_curves({"a": ROWS})
     fig.savefig(tmp_path / "f.png")
     assert (tmp_path / "f.png").stat().st_size > 1000
+
+
+def test_params_vs_score_labels_points_and_the_budget():
+    fig = plots.params_vs_score({"teacher": (579_098, 0.73), "student": (98_000, 0.71)},
+                                ylabel="public-test macro-F1", max_params=100_000)
+    (ax,) = fig.axes
+    assert ax.get_ylabel() == "public-test macro-F1" and ax.get_xlabel() == "parameters"
+    assert ax.get_xscale() == "linear"
+    offsets = [tuple(c.get_offsets()[0]) for c in ax.collections]
+    assert offsets == [(579_098, pytest.approx(0.73)), (98_000, pytest.approx(0.71))]  # scores as given
+    assert [t.get_text() for t in ax.texts] == ["teacher", "student"]
+    (budget,) = ax.lines
+    assert list(budget.get_xdata()) == [100_000, 100_000]
+    assert ax.get_legend() is not None
+
+
+def test_params_vs_score_without_budget_and_log_axis():
+    fig = plots.params_vs_score({"a": (10, 0.5)}, logx=True)
+    (ax,) = fig.axes
+    assert ax.get_xscale() == "log" and not ax.lines and ax.get_legend() is None
+    assert ax.get_ylabel() == "macro-F1"
+    with pytest.raises(ValueError, match="at least one"):
+        plots.params_vs_score({})

@@ -86,3 +86,29 @@ def test_shipped_copy_is_used_when_there_is_no_own_run(smoke, tmp_path, capsys, 
     _, info = starters.load_or_train("lab1", "source_backbone", smoke)
     out = capsys.readouterr().out
     assert "the copy shipped with the assignment" in out and "80.0%" in out and info["test_acc"] == 0.8
+
+
+def test_lab8_teacher_trains_on_the_capstone_training_split_only(smoke, monkeypatch):
+    from labkit.capstone import capstone_data
+
+    split = capstone_data(smoke)
+    seen = []
+    real_fit = starters._fit
+
+    def spy(model, tr, te, epochs, lr, prof, desc):
+        seen.append((tr, te, epochs))
+        return real_fit(model, tr, te, epochs, lr, prof, desc)
+
+    monkeypatch.setattr(starters, "_fit", spy)
+    path = starters.train_starter("lab8", "teacher", smoke)
+    assert path.name == artifact_name("lab8", "teacher", smoke)
+    (tr, te, epochs), = seen
+    assert epochs == starters.STARTER_SIZES["smoke"].capstone_epochs == 1
+    assert torch.equal(tr.labels, split.train.labels) and torch.equal(tr.images, split.train.images)
+    assert torch.equal(te.images, split.val.images)          # accuracy measured on validation, never on test
+    model, info = starters.load_model(path)
+    assert (info["arch"], info["kwargs"]) == (*starters.teacher_arch(smoke)[:1], {**starters.teacher_arch(smoke)[1],
+                                                                                  "num_classes": 10})
+    assert info["evaluated_on"] == "capstone validation split" and 0.0 <= info["test_acc"] <= 1.0
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
