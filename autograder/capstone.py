@@ -104,10 +104,12 @@ def build(course: Path, lab: str, dataset: str, public_dirs: list[Path], seed: i
     config = read_config(course, lab) or {"tiers": tiers or DEFAULT_TIERS, "timeout_s": DEFAULT_TIMEOUT_S,
                                           "seed": seed if seed is not None else secrets.randbelow(2**31)}
     config["dataset"] = dataset
-    prof = resolve({"LABKIT_PROFILE": "fast" if dataset != "digits" else "smoke", "LABKIT_DATASET": dataset})
+    env = {"LABKIT_PROFILE": "fast" if dataset != "digits" else "smoke", "LABKIT_DATASET": dataset}
+    if os.environ.get("LABKIT_DATA_ROOT"):  # where the instructor prepared CIFAR-10
+        env["LABKIT_DATA_ROOT"] = os.environ["LABKIT_DATA_ROOT"]
     try:
-        test = lc.full_test(prof)
-    except FileNotFoundError as exc:
+        test = lc.full_test(resolve(env))
+    except (FileNotFoundError, ValueError) as exc:
         raise CapstoneError(str(exc).splitlines()[0]) from None
     public_idx, hidden_idx = lc.split_test(test, int(config["seed"]))
     public, hidden = test.subset(public_idx), test.subset(hidden_idx)

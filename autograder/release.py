@@ -228,7 +228,8 @@ def _capstone_for(course: Path, labs: list[str], profile: str, dataset: str | No
     hidden half for grading (``config.json``'s dataset becomes this one)."""
     from labkit.profile import resolve
 
-    name = resolve({"LABKIT_PROFILE": profile, **({"LABKIT_DATASET": dataset} if dataset else {})}).dataset
+    env = {"LABKIT_PROFILE": profile, "LABKIT_DATASET": dataset or "", "LABKIT_DATA_ROOT": os.environ.get("LABKIT_DATA_ROOT", "")}
+    name = resolve({k: v for k, v in env.items() if v}).dataset
     for lab in labs:
         if lab in capstone.MODEL_CELLS and name != "digits":
             try:

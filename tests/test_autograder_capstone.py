@@ -82,6 +82,27 @@ def test_a_second_release_keeps_the_seed_and_the_instructors_tiers(course: Path,
     (capstone.folder(course, LAB) / "config.json").write_text(capstone.config_text(cfg))
 
 
+def test_cifar10_halves_from_the_prepared_cache(tmp_path: Path, monkeypatch) -> None:
+    """``release --profile fast --dataset cifar10``'s split, on a small cache in the real format."""
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 3, 32, 32), dtype=np.uint8)
+    labels = np.repeat(np.arange(10), 4)
+    data.write_cache(tmp_path / "data" / "cifar10" / "cifar10.npz",
+                     {"train": (images, labels), "test": (images[::-1].copy(), labels)}, [f"c{i}" for i in range(10)])
+    monkeypatch.setenv("LABKIT_DATA_ROOT", str(tmp_path / "data"))
+    course = tmp_path / "course"
+    capstone.build(course, LAB, "cifar10", [tmp_path / "release"], seed=3, log=lambda m: None)
+    public = lc.load_split(tmp_path / "release" / "checkpoints" / lc.public_test_name("cifar10"))
+    hidden = np.load(capstone.folder(course, LAB) / "hidden_labels-cifar10.npy")
+    assert len(public) == len(hidden) == 20 and public.name == "cifar10"
+    assert np.bincount(hidden, minlength=10).tolist() == [2] * 10
+    assert capstone.read_config(course, LAB)["dataset"] == "cifar10"
+    monkeypatch.setenv("LABKIT_DATA_ROOT", str(tmp_path / "nowhere"))
+    with pytest.raises(capstone.CapstoneError, match="python -m data_scripts cifar10"):
+        capstone.build(tmp_path / "c2", LAB, "cifar10", [tmp_path / "r2"], seed=3, log=lambda m: None)
+
+
 def test_bundle_leak_check_refuses_hidden_half_files(tmp_path: Path) -> None:
     (tmp_path / LAB / "checkpoints").mkdir(parents=True)
     (tmp_path / LAB / "checkpoints" / "hidden_labels-digits.npy").write_bytes(b"x")
