@@ -239,7 +239,11 @@ def _checked(record: dict, n: int, num_classes: int) -> tuple[dict, str | None]:
     """
     from labkit import capstone as lc
 
-    row: dict[str, Any] = {"arch": str(record.get("arch") or "")[:40], "params": None, "flops": None,
+    if not isinstance(record, dict):
+        return {"arch": "", "params": None, "flops": None, "within_budget": False}, \
+            "the evaluation record does not match the model's description"
+    arch = "".join(c if c.isprintable() else "?" for c in str(record.get("arch") or "")[:40])
+    row: dict[str, Any] = {"arch": arch, "params": None, "flops": None,
                            "within_budget": False}
     problem = record.get("problem")
     if record.get("kwargs") is not None:

@@ -180,6 +180,10 @@ def test_forged_records_are_refused() -> None:
     assert capstone._checked(dict(good, params=1), 3, 10)[1] == "the evaluation record does not match the model's description"
     for preds in ([0, 1], [0, 1, 10], [0, 1, True], [0, 1, 2.0], "012"):
         assert capstone._checked(dict(good, preds=preds), 3, 10)[1] == "the evaluation returned malformed predictions"
+    for forged in ([1, 2], "x", None, 3):
+        assert capstone._checked(forged, 3, 10)[1] == "the evaluation record does not match the model's description"
+    row, _ = capstone._checked(dict(good, arch="=cmd|' /C calc'!A0\n\x1b[31m" + "x" * 100), 3, 10)
+    assert "\n" not in row["arch"] and "\x1b" not in row["arch"] and len(row["arch"]) <= 40
     # a tiny description with the predictions of a big model: the cost is recomputed here
     big = dict(good, kwargs={"width": 10 ** 5, "num_classes": 10}, arch="mobilenet_v1")
     row, problem = capstone._checked(big, 3, 10)
