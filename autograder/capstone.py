@@ -30,7 +30,6 @@ import json
 import os
 import secrets
 import shutil
-import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -187,7 +186,7 @@ def macro_f1(preds: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
 
 def _run_eval(jdir: Path, ticket: dict, model: Path, images: Path, dataset: str, timeout: float) -> tuple[dict | None, str | None]:
     """Run :mod:`autograder.model_eval` in a fresh sandbox; ``(record, problem)``."""
-    from autograder.job import _sandbox_spec, scratch
+    from autograder.job import run_contained, scratch
     from autograder.judge import probe_env
 
     edir = jdir / "model"
@@ -202,20 +201,7 @@ def _run_eval(jdir: Path, ticket: dict, model: Path, images: Path, dataset: str,
     cmd = [sys.executable, str(edir / "model_eval.py"), str(edir / MODEL_FILE), str(edir / "images.npy"),
            dataset, str(rdir / "out.json")]
     log = jdir / "model_eval.log"
-    if ticket.get("sandbox", True):
-        from autograder.sandbox import run_sandboxed
-
-        spec = _sandbox_spec(ticket["sandbox_name"] + "-m", edir, [rdir], ticket)
-        spec.env.update(probe_env())
-        rc, timed_out = run_sandboxed(spec, cmd, timeout, log)
-    else:
-        try:
-            with open(log, "wb") as f:
-                rc = subprocess.run(cmd, cwd=edir, env=dict(os.environ, **probe_env()), stdout=f,
-                                    stderr=subprocess.STDOUT, timeout=timeout).returncode
-            timed_out = False
-        except subprocess.TimeoutExpired:
-            rc, timed_out = None, True
+    rc, timed_out = run_contained(ticket, "-m", edir, [rdir], cmd, probe_env(), timeout, log)
     if timed_out:
         return None, f"evaluating model.pt took longer than {timeout:.0f} s and was stopped"
     try:

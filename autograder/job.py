@@ -212,21 +212,7 @@ def probe(job: Job, jdir: Path, submitted: Path, source_nb: dict, ticket: dict) 
     scratch(rdir, 64 * 1024 ** 2)
     cmd = [sys.executable, str(pdir / "probe.py"), str(pdir / "spec.json"), str(rdir / "out.jsonl")]
     timeout = float(ticket.get("probe_timeout", PROBE_TIMEOUT_S))
-    if ticket.get("sandbox", True):
-        from autograder.sandbox import run_sandboxed
-
-        sspec = _sandbox_spec(ticket["sandbox_name"] + "-p", pdir, [rdir], ticket)
-        sspec.env.update(judge.probe_env())
-        rc, timed_out = run_sandboxed(sspec, cmd, timeout, jdir / "probe.log")
-    else:
-        env = dict(os.environ, **judge.probe_env())
-        try:
-            with open(jdir / "probe.log", "wb") as log:
-                rc = subprocess.run(cmd, cwd=pdir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    timeout=timeout).returncode
-            timed_out = False
-        except subprocess.TimeoutExpired:
-            rc, timed_out = None, True
+    rc, timed_out = run_contained(ticket, "-p", pdir, [rdir], cmd, judge.probe_env(), timeout, jdir / "probe.log")
     records = judge.read_records(rdir / "out.jsonl")
     problem = None
     if timed_out:
@@ -234,6 +220,28 @@ def probe(job: Job, jdir: Path, submitted: Path, source_nb: dict, ticket: dict) 
     elif not records and rc != 0:
         problem = f"the hidden checks could not run (exit code {rc})"
     return records, problem
+
+
+def run_contained(ticket: dict, suffix: str, cwd: Path, rw: list[Path], cmd: list[str], env: dict[str, str],
+                  timeout: float, log_path: Path) -> tuple[int | None, bool]:
+    """Run ``cmd`` in a fresh sandbox of this job (a plain child process under ``--no-sandbox``).
+
+    ``suffix`` names the sandbox after the job's (``-p`` probe, ``-m`` model); ``rw`` are the folders it
+    may write besides ``cwd``; output goes to ``log_path``. Returns ``(exit code or None, timed out)``.
+    """
+    if ticket.get("sandbox", True):
+        from autograder.sandbox import run_sandboxed
+
+        spec = _sandbox_spec(ticket["sandbox_name"] + suffix, cwd, rw, ticket)
+        spec.env.update(env)
+        return run_sandboxed(spec, cmd, timeout, log_path)
+    try:
+        with open(log_path, "wb") as log:
+            rc = subprocess.run(cmd, cwd=cwd, env=dict(os.environ, **env), stdout=log, stderr=subprocess.STDOUT,
+                                timeout=timeout).returncode
+        return rc, False
+    except subprocess.TimeoutExpired:
+        return None, True
 
 
 def save_scores(config: Any, job: Job, verdicts: dict[str, dict], per_day: float) -> None:
