@@ -237,6 +237,15 @@ def test_sandboxed_evaluation_time_and_memory_caps(sandbox_ok, course: Path, goo
     assert row["problem"].startswith("model.pt could not be evaluated") and verdict["points"] == 0
 
 
+def test_unsandboxed_evaluation_for_trusted_submissions(course: Path, good_model, tmp_path: Path) -> None:
+    """``grade --no-sandbox`` runs the same evaluator as a plain child process: same row."""
+    model = cf.write_good(tmp_path / "submitted.pt", good_model)
+    row, verdict = capstone.evaluate_job(course, LAB, str(model), tmp_path, {"sandbox": False}, 10)
+    images, labels = _hidden(course)
+    acc, f1 = _expected(good_model, images, labels)
+    assert row["problem"] is None and (row["accuracy"], row["macro_f1"]) == (acc, f1) and verdict["points"] == 10
+
+
 def test_missing_model_and_missing_hidden_half(course: Path, tmp_path: Path) -> None:
     row, verdict = capstone.evaluate_job(course, LAB, None, tmp_path, _ticket(), 10)
     assert verdict == {"points": 0.0, "message": "model.pt: 0 points: no model.pt submitted beside the notebook"}
