@@ -205,8 +205,8 @@ def _run_eval(jdir: Path, ticket: dict, model: Path, images: Path, dataset: str,
     if timed_out:
         return None, f"evaluating model.pt took longer than {timeout:.0f} s and was stopped"
     try:
-        raw = (rdir / "out.json").read_bytes()
-        if len(raw) > 2 * 1024 ** 2:
+        raw = _read_record(rdir / "out.json", 2 * 1024 ** 2)
+        if raw is None:
             return None, "the model's evaluation wrote an oversized record"
         return json.loads(raw), None
     except (OSError, ValueError):
@@ -215,6 +215,27 @@ def _run_eval(jdir: Path, ticket: dict, model: Path, images: Path, dataset: str,
         text = log.read_text(errors="replace") if log.is_file() else ""
         why = "it ran out of memory or was killed" if rc in (-9, 137) or "MemoryError" in text else last_line(text)
         return None, f"model.pt could not be evaluated (exit code {rc}): {why}"
+
+
+def _read_record(path: Path, limit: int) -> bytes | None:
+    """The record a sandbox wrote: a regular file, never followed through a link; None when over ``limit``."""
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path.name} is not a regular file")
+        raw = f.read(limit + 1)
+    return None if len(raw) > limit else raw
+
+
+def printable_line(text: Any, limit: int = 300) -> str:
+    """``text`` on one line of printable characters (others become '?'), at most ``limit`` long.
+
+    Problem lines quote what a model file holds (state-dict keys): a terminal escape in them must
+    not reach the instructor's terminal or spreadsheet.
+    """
+    return "".join(c if c.isprintable() else "?" for c in str(text))[:limit]
 
 
 def _checked(record: dict, n: int, num_classes: int) -> tuple[dict, str | None]:
@@ -228,7 +249,7 @@ def _checked(record: dict, n: int, num_classes: int) -> tuple[dict, str | None]:
     if not isinstance(record, dict):
         return {"arch": "", "params": None, "flops": None, "within_budget": False}, \
             "the evaluation record does not match the model's description"
-    arch = "".join(c if c.isprintable() else "?" for c in str(record.get("arch") or "")[:40])
+    arch = printable_line(record.get("arch") or "", 40)
     row: dict[str, Any] = {"arch": arch, "params": None, "flops": None,
                            "within_budget": False}
     problem = record.get("problem")
@@ -239,8 +260,10 @@ def _checked(record: dict, n: int, num_classes: int) -> tuple[dict, str | None]:
         except (lc.ModelSpecError, TypeError):
             pass
     if problem:
-        return row, str(problem)[:300]
+        return row, printable_line(problem)
     if row["params"] is None or (record.get("params"), record.get("flops")) != (row["params"], row["flops"]):
+        return row, "the evaluation record does not match the model's description"
+    if not row["within_budget"]:  # the evaluator stops over budget: predictions here mean a forged record
         return row, "the evaluation record does not match the model's description"
     preds = record.get("preds")
     if not (isinstance(preds, list) and len(preds) == n
@@ -283,7 +306,7 @@ def evaluate_job(course: Path, lab: str, model: str | None, jdir: Path, ticket: 
                 row["macro_f1"] = macro_f1(preds, labels, num_classes)
                 tiers = check_tiers(config.get("tiers", DEFAULT_TIERS), max_points)
                 row["points"] = float(tier_points(row["macro_f1"], tiers))
-        row["problem"] = problem
+        row["problem"] = printable_line(problem) if problem else None
     if row["problem"]:
         message = f"model.pt: 0 points: {row['problem']}"
     else:

@@ -23,6 +23,7 @@ from autograder import sandbox as sb
 from autograder.release import scan_for_leaks
 from labkit import capstone as lc
 from labkit import data
+from labkit.models import build_model
 
 LAB = "lab8_capstone"
 
@@ -184,6 +185,14 @@ def test_forged_records_are_refused() -> None:
         assert capstone._checked(forged, 3, 10)[1] == "the evaluation record does not match the model's description"
     row, _ = capstone._checked(dict(good, arch="=cmd|' /C calc'!A0\n\x1b[31m" + "x" * 100), 3, 10)
     assert "\n" not in row["arch"] and "\x1b" not in row["arch"] and len(row["arch"]) <= 40
+    # an honest-looking record of a model over budget, with predictions: refused
+    over = lc.measure("mobilenet_v1", {"width": 10 ** 5, "num_classes": 10})
+    forged = dict(ok, arch="mobilenet_v1", kwargs={"width": 10 ** 5, "num_classes": 10}, params=over.params,
+                  flops=over.flops)
+    assert capstone._checked(forged, 3, 10)[1] == "the evaluation record does not match the model's description"
+    # a problem line quoting a state-dict key with terminal escapes reaches the CSVs printable only
+    row, problem = capstone._checked(dict(good, problem='Unexpected key(s): "\x1b[2J\x1b]0;pwned\x07"'), 3, 10)
+    assert problem == 'Unexpected key(s): "?[2J?]0;pwned?"'
     # a tiny description with the predictions of a big model: the cost is recomputed here
     big = dict(good, kwargs={"width": 10 ** 5, "num_classes": 10}, arch="mobilenet_v1")
     row, problem = capstone._checked(big, 3, 10)
@@ -244,6 +253,28 @@ def test_unsandboxed_evaluation_for_trusted_submissions(course: Path, good_model
     images, labels = _hidden(course)
     acc, f1 = _expected(good_model, images, labels)
     assert row["problem"] is None and (row["accuracy"], row["macro_f1"]) == (acc, f1) and verdict["points"] == 10
+
+
+def test_the_record_is_never_read_through_a_link(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text("{}")
+    (tmp_path / "out.json").symlink_to(tmp_path / "secret")
+    with pytest.raises(OSError):
+        capstone._read_record(tmp_path / "out.json", 100)
+    os.mkfifo(tmp_path / "fifo.json")
+    with pytest.raises(OSError, match="not a regular file"):
+        capstone._read_record(tmp_path / "fifo.json", 100)
+    (tmp_path / "big.json").write_bytes(b"x" * 101)
+    assert capstone._read_record(tmp_path / "big.json", 100) is None
+
+
+def test_a_state_dict_key_with_terminal_escapes_stays_out_of_the_csvs(tmp_path: Path, course: Path) -> None:
+    m = build_model(cf.GOOD_ARCH, **cf.GOOD_KWARGS)
+    blob = cf.payload(m, cf.GOOD_ARCH, cf.GOOD_KWARGS)
+    blob["state_dict"]["\x1b[2J\x1b]0;pwned\x07=HYPERLINK(1)"] = torch.zeros(1)
+    torch.save(blob, tmp_path / "esc.pt")
+    row, verdict = capstone.evaluate_job(course, LAB, str(tmp_path / "esc.pt"), tmp_path, {"sandbox": False}, 10)
+    assert row["problem"].startswith("the state dict does not fit simple_cnn(**kwargs): Unexpected key(s)")
+    assert "\x1b" not in row["problem"] and "\x07" not in row["problem"] and verdict["points"] == 0
 
 
 def test_missing_model_and_missing_hidden_half(course: Path, tmp_path: Path) -> None:
