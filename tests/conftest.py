@@ -29,3 +29,13 @@ def prepared_root(tmp_path_factory: pytest.TempPathFactory, fixture_archives: di
     assert main(["cifar10", "--from", str(fixture_archives["cifar10-pickle"]), "--root", str(root)]) == 0
     assert main(["food11", "--from", str(fixture_archives["food11-zip"]), "--root", str(root), "--size", "32"]) == 0
     return root
+
+
+@pytest.fixture
+def bwrap_ok() -> None:
+    """Skip, with the reason, where :func:`autograder.sandbox.sandbox_check` says the sandbox cannot run."""
+    from autograder import sandbox as sb
+
+    problem = sb.sandbox_check()
+    if problem:
+        pytest.skip(problem)

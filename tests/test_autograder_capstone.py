@@ -19,7 +19,6 @@ import torch
 
 import capstone_fixtures as cf
 from autograder import capstone, model_eval
-from autograder import sandbox as sb
 from autograder.release import scan_for_leaks
 from labkit import capstone as lc
 from labkit import data
@@ -201,13 +200,6 @@ def test_forged_records_are_refused() -> None:
 
 # ----------------------------------------------------------------------------- in the sandbox
 
-@pytest.fixture
-def sandbox_ok() -> None:
-    problem = sb.sandbox_check()
-    if problem:
-        pytest.skip(problem)
-
-
 def _jdir() -> Path:
     d = Path(tempfile.mkdtemp(prefix="capstone-job-"))
     os.chmod(d, 0o755)
@@ -219,7 +211,7 @@ def _ticket(**kw) -> dict:
             "mem_bytes": 2 * 1024 ** 3, "job_timeout": 300, **kw}
 
 
-def test_sandboxed_evaluation_scores_by_tier(sandbox_ok, course: Path, good_model) -> None:
+def test_sandboxed_evaluation_scores_by_tier(bwrap_ok, course: Path, good_model) -> None:
     jdir = _jdir()
     model = cf.write_good(jdir / "submitted.pt", good_model)
     row, verdict = capstone.evaluate_job(course, LAB, str(model), jdir, _ticket(), 10)
@@ -231,7 +223,7 @@ def test_sandboxed_evaluation_scores_by_tier(sandbox_ok, course: Path, good_mode
     assert verdict["message"].startswith(f"model.pt: hidden-half macro-F1 {f1:.4f}")
 
 
-def test_sandboxed_evaluation_time_and_memory_caps(sandbox_ok, course: Path, good_model) -> None:
+def test_sandboxed_evaluation_time_and_memory_caps(bwrap_ok, course: Path, good_model) -> None:
     jdir = _jdir()
     model = cf.write_good(jdir / "submitted.pt", good_model)
     cfg_path = capstone.folder(course, LAB) / "config.json"

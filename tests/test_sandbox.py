@@ -30,13 +30,6 @@ REPO = Path(sb.__file__).resolve().parents[1]
 MiB = 1024 ** 2
 
 
-@pytest.fixture
-def bwrap_ok() -> None:
-    problem = sb.sandbox_check()
-    if problem:
-        pytest.skip(problem)
-
-
 def _job_name() -> str:
     return f"job-test-{os.getpid()}-{os.urandom(4).hex()}"
 
