@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from labkit.models import simple_cnn, vgg
-from labkit.train import (History, Lookahead, evaluate, fit, load_checkpoint, make_sgd, predict,
-                          save_checkpoint)
+from labkit.train import (History, Lookahead, evaluate, fit, load_checkpoint, make_sgd, precise_bn,
+                          predict, save_checkpoint)
 
 
 def blobs(n: int = 48, batch: int = 16, seed: int = 0,
@@ -394,3 +394,53 @@ def test_split_modules_are_reachable_from_labkit_train():
     assert train.save_checkpoint is checkpoints.save_checkpoint
     assert train.load_checkpoint is checkpoints.load_checkpoint
     assert all(hasattr(train, name) for name in train.__all__)
+
+
+def test_precise_bn_is_the_plain_average_of_the_batch_statistics():
+    # one BatchNorm2d after an identity: its statistics are those of the inputs themselves
+    model = nn.Sequential(nn.BatchNorm2d(3), nn.Flatten(), nn.Linear(3 * 8 * 8, 2))
+    bn = model[0]
+    with torch.no_grad():
+        bn.running_mean.fill_(7.0)  # stale values that must be replaced, not blended
+    data = blobs(n=64, batch=16)
+    model.eval()
+    assert precise_bn(model, data, 3) == 3
+    xs = [x for x, _ in data[:3]]
+    means = torch.stack([x.mean(dim=(0, 2, 3)) for x in xs])
+    vars_ = torch.stack([x.transpose(0, 1).reshape(3, -1).var(dim=1, unbiased=True) for x in xs])
+    assert torch.allclose(bn.running_mean, means.mean(0), atol=1e-6)
+    assert torch.allclose(bn.running_var, vars_.mean(0), atol=1e-5)
+    assert bn.momentum == 0.1 and not model.training  # momentum and mode restored
+    weight = model[2].weight.clone()
+    precise_bn(model, data, 100)  # a shorter loader: all of it, no parameter moves
+    assert torch.equal(weight, model[2].weight)
+
+
+def test_precise_bn_rejects_bad_counts_and_empty_loaders():
+    model = nn.Sequential(nn.BatchNorm2d(3))
+    with pytest.raises(ValueError, match="batches"):
+        precise_bn(model, blobs(), 0)
+    with torch.no_grad():
+        model[0].running_mean.fill_(2.0)
+    with pytest.raises(ValueError, match="no batches"):
+        precise_bn(model, [], 4)
+    assert torch.allclose(model[0].running_mean, torch.full((3,), 2.0))  # untouched
+    assert precise_bn(nn.Linear(2, 2), blobs(), 2) == 0  # no BatchNorm: nothing to do
+
+
+def test_fit_with_precise_bn_evaluates_on_recomputed_statistics():
+    data = blobs()
+    torch.manual_seed(0)
+    model = tiny()
+    hist = fit(model, data, data, epochs=2, lr=0.05, precise_bn=2, device="cpu", progress=False)
+    bn = model[1]
+    assert bn.momentum == 0.1
+    model.eval()
+    # the statistics the model ends with are those of the first two training batches
+    with torch.no_grad():
+        feats = [model[0](x) for x, _ in data[:2]]
+    mean = torch.stack([f.mean(dim=(0, 2, 3)) for f in feats]).mean(0)
+    assert torch.allclose(bn.running_mean, mean, atol=1e-5)
+    assert hist.last["test_acc"] == pytest.approx(evaluate(model, data)["acc"])
+    with pytest.raises(ValueError, match="precise_bn"):
+        fit(tiny(), data, epochs=1, lr=0.1, precise_bn=-1, device="cpu", progress=False)
