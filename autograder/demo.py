@@ -39,18 +39,27 @@ def _headlines(artifacts: Path, lab: str) -> str:
                      if k not in ("profile", "dataset"))
 
 
-def demo(workers: int | None = None, keep: Path | None = None, profile: str = "fast") -> int:
+def demo(workers: int | None = None, keep: Path | None = None, profile: str = "fast", sandbox: bool = True) -> int:
     """Returns 0 when every lab ran and both students were graded, else 1.
 
     The notebooks run on the embedded digits dataset under ``profile``: ``fast`` (the default) learns
     for real (lab 3's VGG above 90 %); ``smoke`` only proves that the whole course runs, with
-    accuracies near chance. Release and grading take about two more minutes either way.
+    accuracies near chance. Release and grading take about two more minutes either way. ``sandbox``:
+    grade in bubblewrap (the default; checked first, so a machine without it stops at once with one
+    line) or, when False, without it (the demo grades only the reference and the untouched notebook).
     """
     with without_kernel_tcp_warning():
-        return _demo(workers, keep, profile)
+        return _demo(workers, keep, profile, sandbox)
 
 
-def _demo(workers: int | None, keep: Path | None, profile: str) -> int:
+def _demo(workers: int | None, keep: Path | None, profile: str, sandbox: bool) -> int:
+    from autograder.sandbox import sandbox_check
+
+    # the demo ends by grading in the sandbox: say so now, not after minutes of notebooks
+    problem = sandbox_check() if sandbox else None
+    if problem:
+        print(f"demo: cannot grade here: {problem}")
+        return 1
     os.environ["LABKIT_DATASET"] = "digits"  # the embedded dataset: no download, ever
     from autograder.release import build_bundle, build_course
     from autograder.runner import run_notebook
@@ -86,10 +95,11 @@ def _demo(workers: int | None, keep: Path | None, profile: str) -> int:
         if keep is None:
             shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return _grade_two(tmp, labs, workers, ok, keep)
+    return _grade_two(tmp, labs, workers, ok, keep, sandbox)
 
 
-def _grade_two(tmp: Path, labs: list[str], workers: int | None, ok: bool, keep: Path | None) -> int:
+def _grade_two(tmp: Path, labs: list[str], workers: int | None, ok: bool, keep: Path | None,
+               sandbox: bool = True) -> int:
     from autograder.grade import grade
     from autograder.judge import reference_nb
 
@@ -103,7 +113,7 @@ def _grade_two(tmp: Path, labs: list[str], workers: int | None, ok: bool, keep: 
                 shutil.copyfile(model, subs / "reference" / lab / MODEL_FILE)
             shutil.copytree(course / "release" / lab, subs / "untouched" / lab, dirs_exist_ok=True)
         print("demo: grading two students (reference solutions, untouched student version)")
-        rows = grade(subs, tmp / "grades", course, workers=workers, quiet=True)
+        rows = grade(subs, tmp / "grades", course, workers=workers, quiet=True, sandbox=sandbox)
         print()
         print(f"{'student':<10} " + " ".join(f"{lab.split('_')[0]:>9}" for lab in labs) + f" {'total':>11}")
         for student in ("reference", "untouched"):
