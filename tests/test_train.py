@@ -1,6 +1,8 @@
 """labkit.train: the training loop, its hooks, schedules, history and checkpoints."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -246,7 +248,7 @@ def test_cuda_bf16_channels_last_path():
     model = vgg(11, width=0.125, num_classes=2)
     hist = fit(model, data, data, epochs=4, lr=0.05, device="cuda", progress=False)
     assert next(model.parameters()).is_cuda
-    assert model.feature[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert model.feature[0].weight.is_contiguous()  # handed back in the default layout
     assert hist.column("train_loss")[-1] < hist.column("train_loss")[0]
     logits, labels = predict(model, data)
     assert logits.dtype == torch.float32 and logits.device.type == "cpu"
@@ -347,15 +349,40 @@ def test_label_smoothing_and_nesterov_options_match_the_explicit_forms():
         fit(tiny(), data, epochs=1, optimizer=make_sgd(tiny(), 0.1), nesterov=True, device="cpu")
 
 
-def test_channels_last_on_cpu_and_eval_seconds():
+def _first_conv_layouts(model, data, **kw):
+    """Fit ``model`` and return, per training forward pass, whether the first conv's input was NHWC."""
+    seen = []
+    handle = model.feature[0].register_forward_pre_hook(
+        lambda mod, args: seen.append(bool(args[0].is_contiguous(memory_format=torch.channels_last))
+                                      if mod.training else None))
+    hist = fit(model, data, data, epochs=2, lr=0.05, device="cpu", progress=False, **kw)
+    handle.remove()
+    return hist, [s for s in seen if s is not None]
+
+
+def test_channels_last_by_default_on_cpu_and_eval_seconds():
     data = blobs(size=8)
     torch.manual_seed(0)
     model = vgg(cfg=[4, "M", 6], num_classes=2)
-    hist = fit(model, data, data, epochs=2, lr=0.05, channels_last=True, device="cpu",
-               progress=False)
-    assert model.feature[0].weight.is_contiguous(memory_format=torch.channels_last)
+    hist, layouts = _first_conv_layouts(model, data)
+    assert layouts and all(layouts)            # every training batch ran NHWC (the default)
+    assert model.feature[0].weight.is_contiguous()   # handed back in PyTorch's default layout
+    model.feature[0].weight.detach().view(-1)        # so a student's .view(...) works after fit
     assert len(hist.eval_seconds) == 2
     assert all(0 <= e <= r["seconds"] for e, r in zip(hist.eval_seconds, hist))
+
+
+def test_channels_last_off_trains_nchw_and_gives_the_same_model_up_to_rounding():
+    data = blobs(size=8)
+    torch.manual_seed(0)
+    a = vgg(cfg=[4, "M", 6], num_classes=2)
+    b = copy.deepcopy(a)
+    _, on = _first_conv_layouts(a, data)
+    _, off = _first_conv_layouts(b, data, channels_last=False)
+    assert all(on) and not any(off)
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        if pa.is_floating_point():
+            assert torch.allclose(pa, pb, atol=1e-4), name
 
 
 def test_fit_epoch_is_the_loop_fit_runs():
