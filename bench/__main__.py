@@ -109,6 +109,8 @@ def to_markdown(result: dict) -> str:
             out += _table(rows, [("benchmark", "name"), ("data", "dataset"), ("images", "images_per_epoch"),
                                  ("torchvision img/s", "baseline_images_per_s"),
                                  ("labkit img/s", "candidate_images_per_s"), ("ratio", "ratio"),
+                                 ("loader alone (NCHW) img/s", "loader_only_images_per_s"),
+                                 ("loader-alone ratio", "loader_only_ratio"),
                                  ("goal", "goal"), ("met", "goal_met"), ("wall s", "wall_s"),
                                  ("command", "command")])
             for r in rows:
@@ -154,6 +156,27 @@ def _with_ms_pairs(rows: list[dict]) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- main
+HAND_MARK = "written by hand"
+
+
+def kept_by_hand(path: Path) -> str:
+    """The sections of an existing results.md whose heading says they are written by hand (e.g. the
+    issue-10 pipeline and its curve plot), so that a new ``python -m bench`` run keeps them."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    except OSError:
+        return ""
+    kept, keep = [], False
+    for line in lines:
+        if line.startswith("## "):
+            keep = HAND_MARK in line
+            if keep:
+                kept.append("\n")
+        if keep:
+            kept.append(line)
+    return "".join(kept)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: every code path in < 60 s")
@@ -192,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out
     write_json(out / "results.json", result)
     md_result = dict(result, sections={k: dict(v, rows=_with_ms_pairs(v["rows"])) for k, v in sections.items()})
-    write_text(out / "results.md", to_markdown(md_result) + "\n")
+    write_text(out / "results.md", to_markdown(md_result) + "\n" + kept_by_hand(out / "results.md"))
     print(f"wrote {out / 'results.json'} and {out / 'results.md'} ({result['wall_s']:.1f} s)")
     return 1 if failed else 0
 

@@ -69,6 +69,10 @@ def test_throughput_ratio_is_computed_from_the_measured_rates(smoke_results):
     assert _close(row["ratio"], kit / base)
     assert row["goal_met"] == (row["ratio"] >= float(row["goal"].split()[1].rstrip("x")))
     assert "DataLoader(ImageFolder" in row["baseline"] and "labkit Loader" in row["candidate"]
+    # the loader's own share: labkit's loader trained in the baseline's layout (fp32, NCHW)
+    assert row["loader_only_images_per_s"] == max(row["loader_only_runs"]) > 0
+    assert _close(row["loader_only_ratio"], row["loader_only_images_per_s"] / base)
+    assert "NCHW" in row["baseline"] and "channels_last" in row["candidate"]
 
 
 def test_structured_rows_prune_and_keep_the_function(smoke_results):
@@ -209,3 +213,25 @@ def test_ratio_command_and_atomic_json(tmp_path):
     with pytest.raises(ValueError):
         write_json(tmp_path / "y.json", {"a": float("nan")})
     assert not (tmp_path / "y.json").exists() and not list(tmp_path.glob(".y.json.*"))
+
+
+def test_a_new_run_keeps_the_sections_written_by_hand(tmp_path):
+    from bench.__main__ import kept_by_hand
+
+    md = tmp_path / "results.md"
+    assert kept_by_hand(md) == ""                     # no file yet: nothing to keep
+    md.write_text("# Benchmark results\n\n## throughput\n\n| a |\n\n"
+                  "## pipeline (`fast`) — written by hand, not by `python -m bench`\n\n![curve](curve.png)\n"
+                  "| goal | met |\n\n## structured\n\ngenerated\n", encoding="utf-8")
+    kept = kept_by_hand(md)
+    assert kept == ("\n## pipeline (`fast`) — written by hand, not by `python -m bench`\n\n![curve](curve.png)\n"
+                    "| goal | met |\n\n")
+
+
+def test_layout_benchmark_measures_both_layouts_on_a_tiny_model():
+    from bench.layout import MODELS, images_per_s
+    from labkit.models import simple_cnn
+
+    for nhwc in (False, True):
+        assert images_per_s(lambda: simple_cnn(10, width=4), 4, nhwc, steps=1, warmup=1) > 0
+    assert all(batch > 0 and callable(make) for _, make, batch in MODELS)
