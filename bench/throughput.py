@@ -9,8 +9,8 @@ normalisation) for one epoch through :func:`labkit.train.fit`, on the same real 
   and every batch is collated on the host; fp32, NCHW (``fit(..., amp=False, channels_last=False)``).
 * **labkit**: the same JPEGs decoded once into a uint8 tensor (:class:`labkit.data.ImageData`);
   :class:`labkit.data.Loader` keeps it on the device and shuffles, crops, flips and normalises
-  whole batches there, and ``fit`` trains with its defaults: channels_last (NHWC) on every device,
-  plus bf16 autocast on CUDA.
+  whole batches there, and ``fit`` trains as under the ``fast`` profile: channels_last (NHWC) on
+  every device, plus bf16 autocast on CUDA.
 
 The images come from ``/work/shared/datasets/cifar10-jpeg.tar.gz`` (``--jpeg-archive`` or
 ``LABKIT_CIFAR10_JPEG`` elsewhere) when present: the first ``n`` training images of each class
@@ -212,7 +212,7 @@ def _rounds(init: torch.nn.Module, data: Any, folder: Path, name: str, cfg: Thro
         s, images_b = _timed_epoch(copy.deepcopy(init), base, dev, amp=False, channels_last=False)
         base_runs.append(images_b / s)
         kit = Loader(data, cfg.batch_size, train=True, device=dev, seed=r)
-        s, images = _timed_epoch(copy.deepcopy(init), kit, dev, amp=None)
+        s, images = _timed_epoch(copy.deepcopy(init), kit, dev, amp=None, channels_last=True)  # fast's layout
         kit_runs.append(images / s)
         kit = Loader(data, cfg.batch_size, train=True, device=dev, seed=r)
         s, images = _timed_epoch(copy.deepcopy(init), kit, dev, amp=False, channels_last=False)

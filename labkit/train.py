@@ -13,7 +13,7 @@ importable from here too (``labkit.train.make_sgd`` & co., as the notebooks use 
 
 Recipe options (airbench-style, off by default): ``label_smoothing``, ``nesterov``,
 ``lookahead`` (weight averaging, :class:`Lookahead`) and ``tta_flip`` (also in :func:`evaluate`
-and :func:`predict`); ``channels_last`` (NHWC training) is on by default. ``precise_bn`` recomputes BatchNorm statistics before
+and :func:`predict`); ``channels_last`` (NHWC training) follows the run profile. ``precise_bn`` recomputes BatchNorm statistics before
 each evaluation (:func:`precise_bn`).
 
 * ``loss_fn(logits, labels, inputs)`` replaces cross-entropy (e.g. distillation needs the
@@ -66,6 +66,13 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
 
         device = get_profile().device
     return torch.device(device)
+
+
+def _default_channels_last() -> bool:
+    """The run profile's layout choice (``Sizes.channels_last``: NHWC for ``fast`` / ``full``)."""
+    from labkit.profile import get_profile
+
+    return get_profile().sizes.channels_last
 
 
 def _amp_enabled(device: torch.device, amp: bool | None) -> bool:
@@ -179,7 +186,7 @@ def _setup(model: nn.Module, train_loader: Iterable, test_loader: Iterable | Non
     there), optimizer, scheduler, loss and weight averaging."""
     dev = _resolve_device(device)
     use_amp = _amp_enabled(dev, amp)
-    cl = True if channels_last is None else bool(channels_last)
+    cl = _default_channels_last() if channels_last is None else bool(channels_last)
     model.to(dev)
     if cl:
         model.to(memory_format=torch.channels_last)  # faster convolutions (bf16 and fp32)
@@ -307,8 +314,9 @@ def fit(model: nn.Module, train_loader: Iterable, test_loader: Iterable | None =
         lookahead: every this many steps, average the weights (:class:`Lookahead`); the
             model ends as the average.
         tta_flip: evaluate on the mean logits of each image and its mirror image.
-        channels_last: train in the NHWC memory format (default on, every device). Training
-            images/s NHWC / NCHW on 2 AVX2 cores, fp32, two runs of ``python -m bench.layout``:
+        channels_last: train in the NHWC memory format; default: the run profile's choice
+            (``labkit.profile.Sizes.channels_last``: on for ``fast`` and ``full``, off for
+            ``smoke``'s tiny models), on every device. Training images/s NHWC / NCHW on 2 AVX2 cores, fp32, two runs of ``python -m bench.layout``:
             VGG-11 width 0.25 1.30-1.58x, simple_cnn 1.69-1.74x, MobileNet 1.73-1.83x, VGG-11
             width 0.5 1.09-1.18x, ResNet-18 (ImageNet stem) 1.00-1.12x at batch 256 but
             0.84-0.91x at batch 32. Either way the model is handed back in PyTorch's default

@@ -360,19 +360,40 @@ def _first_conv_layouts(model, data, **kw):
     return hist, [s for s in seen if s is not None]
 
 
-def test_channels_last_by_default_on_cpu_and_eval_seconds():
+def _with_profile(monkeypatch, name):
+    """Make ``labkit.profile.get_profile()`` (what fit's defaults read) return profile ``name``."""
+    import labkit.profile as lp
+
+    prof = lp.resolve({"LABKIT_PROFILE": name, "LABKIT_DATASET": "digits"})
+    monkeypatch.setattr(lp, "get_profile", lambda: prof)
+    return prof
+
+
+def test_channels_last_by_default_under_fast_and_eval_seconds(monkeypatch):
+    assert _with_profile(monkeypatch, "fast").sizes.channels_last
     data = blobs(size=8)
     torch.manual_seed(0)
     model = vgg(cfg=[4, "M", 6], num_classes=2)
     hist, layouts = _first_conv_layouts(model, data)
-    assert layouts and all(layouts)            # every training batch ran NHWC (the default)
+    assert layouts and all(layouts)            # every training batch ran NHWC (fast's default)
     assert model.feature[0].weight.is_contiguous()   # handed back in PyTorch's default layout
     model.feature[0].weight.detach().view(-1)        # so a student's .view(...) works after fit
     assert len(hist.eval_seconds) == 2
     assert all(0 <= e <= r["seconds"] for e, r in zip(hist.eval_seconds, hist))
 
 
-def test_channels_last_off_trains_nchw_and_gives_the_same_model_up_to_rounding():
+def test_smoke_trains_nchw_by_default_and_an_explicit_choice_wins(monkeypatch):
+    assert not _with_profile(monkeypatch, "smoke").sizes.channels_last
+    data = blobs(size=8)
+    torch.manual_seed(0)
+    _, layouts = _first_conv_layouts(vgg(cfg=[4, "M", 6], num_classes=2), data)
+    assert layouts and not any(layouts)
+    _, layouts = _first_conv_layouts(vgg(cfg=[4, "M", 6], num_classes=2), data, channels_last=True)
+    assert layouts and all(layouts)
+
+
+def test_channels_last_off_trains_nchw_and_gives_the_same_model_up_to_rounding(monkeypatch):
+    _with_profile(monkeypatch, "fast")
     data = blobs(size=8)
     torch.manual_seed(0)
     a = vgg(cfg=[4, "M", 6], num_classes=2)
