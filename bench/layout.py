@@ -1,9 +1,8 @@
 """``python -m bench.layout``: training images/s in NCHW vs NHWC (channels_last) on this machine.
 
 Why ``labkit.train.fit`` trains NHWC by default under ``fast`` and ``full``: for each model the labs
-train, a few SGD steps on
-random 32x32 images in both layouts, alternating, best of ``--rounds`` kept (the machine may be
-shared). Prints one line per model with both rates and their ratio.
+train, a few SGD steps on random 32x32 images in both layouts, alternating, best of ``--rounds`` kept
+(the machine may be shared). Prints one line per model with both rates and their ratio.
 """
 from __future__ import annotations
 
