@@ -13,8 +13,8 @@ importable from here too (``labkit.train.make_sgd`` & co., as the notebooks use 
 
 Recipe options (airbench-style, off by default): ``label_smoothing``, ``nesterov``,
 ``lookahead`` (weight averaging, :class:`Lookahead`) and ``tta_flip`` (also in :func:`evaluate`
-and :func:`predict`); ``channels_last`` (NHWC training) follows the run profile. ``precise_bn`` recomputes BatchNorm statistics before
-each evaluation (:func:`precise_bn`).
+and :func:`predict`); ``channels_last`` (NHWC training) follows the run profile. ``precise_bn``
+recomputes BatchNorm statistics before each evaluation (:func:`precise_bn`).
 
 * ``loss_fn(logits, labels, inputs)`` replaces cross-entropy (e.g. distillation needs the
   inputs to run a teacher).
@@ -316,8 +316,8 @@ def fit(model: nn.Module, train_loader: Iterable, test_loader: Iterable | None =
         tta_flip: evaluate on the mean logits of each image and its mirror image.
         channels_last: train in the NHWC memory format; default: the run profile's choice
             (``labkit.profile.Sizes.channels_last``: on for ``fast`` and ``full``, off for
-            ``smoke``'s tiny models), on every device. Training images/s NHWC / NCHW on 2 AVX2 cores, fp32, two runs of ``python -m bench.layout``:
-            VGG-11 width 0.25 1.30-1.58x, simple_cnn 1.69-1.74x, MobileNet 1.73-1.83x, VGG-11
+            ``smoke``'s tiny models), on every device. Training images/s NHWC / NCHW on 2 AVX2
+            cores, fp32, two runs of ``python -m bench.layout``: VGG-11 width 0.25 1.30-1.58x, simple_cnn 1.69-1.74x, MobileNet 1.73-1.83x, VGG-11
             width 0.5 1.09-1.18x, ResNet-18 (ImageNet stem) 1.00-1.12x at batch 256 but
             0.84-0.91x at batch 32. Either way the model is handed back in PyTorch's default
             (contiguous) layout.
