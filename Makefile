@@ -42,15 +42,17 @@ DEMO_PROFILE = $(if $(filter file,$(origin PROFILE)),fast,$(PROFILE))
 demo: $(STAMP) sysdeps
 	python -m autograder demo --profile $(DEMO_PROFILE)
 
-# Unit and end-to-end tests, then nbval runs every source notebook top to bottom under `smoke`
+# Unit and end-to-end tests on one pytest-xdist worker per core (a whole test file per worker, so each
+# module's grading fixture runs once), then nbval runs every source notebook top to bottom under `smoke`
 # (in lab order, sharing one temporary artifacts folder so lab 4 finds lab 3's model).
+TEST_WORKERS ?= auto
 test: $(STAMP) sysdeps
-	python -m pytest -q -p no:cacheprovider tests
+	python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile tests
 	art=$$(mktemp -d) && LABKIT_PROFILE=smoke LABKIT_ARTIFACTS=$$art python -m pytest -q -p no:cacheprovider \
 	    --nbval-lax --nbval-current-env notebooks; rc=$$?; rm -rf $$art; exit $$rc
 
 test-fast: $(STAMP) sysdeps
-	python -m pytest -q -p no:cacheprovider -m "not slow and not browser"
+	python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile -m "not slow and not browser"
 
 bench: $(STAMP)
 	python -m bench
