@@ -197,8 +197,10 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("L5.3b", L5, "CPU batch-64 speed-up at 90 %", value("speedup_b64_pruned90"), ">=", 3.0),
     Claim("L5.4", L5, "saved-file (serialized state dict) size ratio at 50 %", value("size_ratio_pruned50"),
           "<=", 0.4),
-    # L6.1 and L7.5 read −0.7 / +2.8 and −0.8 / −1.9 / −2.8 in runs of the same code: within run-to-run
-    # noise of their thresholds, so (issue 11) they take the mean over >= 2 seeds, each seed listed
+    # L6.1 read −0.68 and +2.83 in two runs: within run-to-run noise of its threshold, so (issue 11) it
+    # takes the mean over >= 2 seeds, each seed listed (2026-12-07: +2.83 and −2.11). L7.5 stays one seed:
+    # lab 7's own seed does not move it (k-means is deterministic: −2.84 for seeds 0 and 1 on the same
+    # lab 5 models); it varied between runs with the lab 5 models each run fine-tuned.
     Claim("L6.1", L6, "depthwise-separable − plain at the smallest common parameter budget, mean over seeds (points)",
           points("acc_smallest_depthwise", "acc_smallest_plain"), ">=", 2, min_seeds=2),
     Claim("L6.2", L6, "latency ratio, 90 % unstructured-pruned ÷ dense", value("latency_ratio_pruned90"),
@@ -214,8 +216,8 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("L7.2", LAB7, "int8 CPU batch-64 speed-up", value("speedup_int8_b64"), ">=", 2.0),
     Claim("L7.3", LAB7, "int8 ÷ fp32 state-dict size", value("size_ratio_int8"), "<=", 0.3),
     Claim("L7.4", LAB7, "max |BN-folded − unfolded| output difference", _bn_fold_diff, "<=", 1e-4),
-    Claim("L7.5", LAB7, "4-bit k-means weight sharing accuracy − fp32, mean over seeds (points)",
-          points("acc_kmeans4", "acc_fp32"), ">=", -2.0, min_seeds=2),
+    Claim("L7.5", LAB7, "4-bit k-means weight sharing accuracy − fp32 (points)", points("acc_kmeans4", "acc_fp32"),
+          ">=", -2.0),
     # issue 14 (macro-F1 on the public test half, 0–100 points)
     Claim("L8.1", LAB8, "KD student with the decreasing temperature − student alone (macro-F1 points)",
           points("kd_decreasing_f1", "student_f1"), ">=", 1.0),

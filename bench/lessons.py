@@ -18,10 +18,9 @@ same as Markdown beside it (``bench/lessons.md``). The artifacts folder (default
 ``measured`` is exactly the quantity a claim names: accuracy differences in points (0–100 scale),
 ratios as plain ratios, yes/no claims as JSON booleans. A quantity the notebooks do not record yet
 is ``measured: null, holds: false`` with a ``note`` naming the missing headline key, never a
-guess. Labs with a claim that asks for several seeds (labs 2, 6 and 7) run once per seed
-(``LABKIT_SEED`` 0 … N-1, each seed but 0 in its own artifacts folder ``<artifacts>/seed<k>``, which
-starts with seed 0's checkpoints: lab 7 of every seed quantizes the same lab 5 models); their claims
-use the mean over the seeds, or the worst seed where the claim says so. Every other lab runs with seed 0.
+guess. Labs with a claim that asks for several seeds (labs 2 and 6) run once per seed (``LABKIT_SEED``
+0 … N-1, each seed but 0 in its own artifacts folder ``<artifacts>/seed<k>``); their claims use the
+mean over the seeds, or the worst seed where the claim says so. Every other lab runs with seed 0.
 """
 from __future__ import annotations
 
@@ -49,24 +48,6 @@ def seeds_for(lab: str, n_seeds: int) -> list[int]:
     """Seeds 0 … n_seeds-1 for a lab with a claim that asks for several seeds, else [0]."""
     wants = any(c.min_seeds > 1 for c in CLAIMS if c.lab == lab)
     return list(range(max(1, n_seeds))) if wants else [0]
-
-
-def seed_folder(artifacts: Path, seed: int) -> Path:
-    """The artifacts folder of ``seed``: ``artifacts`` itself for seed 0, else ``<artifacts>/seed<k>``
-    holding a copy of every checkpoint of seed 0's folder that it lacks or holds in an older version
-    (the earlier labs' models, so a later lab's other seeds start from the same ones); headline numbers
-    are never copied."""
-    if seed == 0:
-        return artifacts
-    import shutil
-
-    folder = artifacts / f"seed{seed}"
-    folder.mkdir(parents=True, exist_ok=True)
-    for ckpt in sorted(artifacts.glob("*.pt")):
-        dest = folder / ckpt.name
-        if not dest.exists() or dest.stat().st_mtime_ns < ckpt.stat().st_mtime_ns:
-            shutil.copy2(ckpt, dest)
-    return folder
 
 
 def cifar10_missing() -> str | None:
@@ -236,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
 
     with without_kernel_tcp_warning():
         shipped = starting_checkpoints(labs, args.profile, dataset)
-        runs = [run_lab(lab, seed, seed_folder(artifacts, seed), args.profile, dataset, args.timeout, shipped.get(lab))
+        runs = [run_lab(lab, seed, artifacts if seed == 0 else artifacts / f"seed{seed}", args.profile, dataset,
+                        args.timeout, shipped.get(lab))
                 for lab in labs for seed in seeds_for(lab, args.seeds)]
     result = {"claims": evaluate_all(labs, runs),
               "notebooks": [{k: v for k, v in r.items() if k != "record"} for r in runs],
