@@ -37,13 +37,14 @@ class ReleaseError(RuntimeError):
 
 
 def build_checkpoints(course: Path, labs: list[str], notebooks: Path = nbu.NOTEBOOKS,
-                      log=print) -> dict[str, list[Path]]:
+                      cache: Path | None = None, log=print) -> dict[str, list[Path]]:
     """The ``smoke`` checkpoints every lab loads, in ``source/<lab>/checkpoints/`` (grading runs under smoke).
 
-    nbgrader copies them into the student version and into every autograded folder.
+    nbgrader copies them into the student version and into every autograded folder. Built once and
+    cached in ``cache`` (default ``build/checkpoint-cache``), like every profile's.
     """
     try:
-        _, files = shipped.build(labs, "smoke", notebooks=notebooks, log=log)
+        _, files = shipped.build(labs, "smoke", cache=cache, notebooks=notebooks, log=log)
     except shipped.CheckpointError as exc:
         raise ReleaseError(str(exc)) from None
     shipped.ship(files, course / "source")
@@ -71,8 +72,10 @@ def ship_profile(course: Path, labs: list[str], profile: str, dataset: str | Non
 
 
 def build_course(course: Path, labs: list[str] | None = None, notebooks: Path = nbu.NOTEBOOKS,
-                 db_url: str | None = None, checkpoints: bool = True, log=print) -> Path:
-    """Copy source notebooks into ``course/source``, build checkpoints, run ``generate_assignment``."""
+                 db_url: str | None = None, checkpoints: bool = True, cache: Path | None = None,
+                 log=print) -> Path:
+    """Copy source notebooks into ``course/source``, build checkpoints (cached in ``cache``), run
+    ``generate_assignment``."""
     from nbgrader.apps import NbGraderAPI
     from nbgrader.coursedir import CourseDirectory
 
@@ -96,7 +99,7 @@ def build_course(course: Path, labs: list[str] | None = None, notebooks: Path = 
             else:
                 shutil.copyfile(item, dest / item.name)
     if checkpoints:
-        build_checkpoints(course, labs, notebooks, log=log)
+        build_checkpoints(course, labs, notebooks, cache=cache, log=log)
     for lab in labs:  # the capstone's test halves: digits for grading under smoke (public half in source/)
         if lab in capstone.MODEL_CELLS:
             capstone.build(course, lab, "digits", [course / "source" / lab], log=log)
@@ -259,7 +262,7 @@ def release(out: Path, course: Path, labs: list[str] | None = None, notebooks: P
     ``profile`` (e.g. ``fast``) and ``dataset`` add that profile's checkpoints to the student
     version, built once and cached (``cache``, default ``build/checkpoint-cache``).
     """
-    course = build_course(course, labs, notebooks, db_url=db_url, log=log)
+    course = build_course(course, labs, notebooks, db_url=db_url, cache=cache, log=log)
     labs = labs or nbu.available_labs(notebooks)
     if profile and (profile != "smoke" or dataset):
         ship_profile(course, labs, profile, dataset, notebooks, cache, log=log)

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from autograder import shipped
-from autograder.release import ReleaseError, ship_profile
+from autograder.release import ReleaseError, build_checkpoints, ship_profile
 
 LAB1, LAB2 = "lab1_early_stopping_transfer", "lab2_knowledge_distillation"
 
@@ -92,6 +92,15 @@ def test_ship_profile_copies_into_the_student_version_and_enforces_the_size_limi
     monkeypatch.setattr(shipped, "SIZE_LIMIT_MB", 0)
     with pytest.raises(ReleaseError, match="over the bundle's limit of 0 MB"):
         ship_profile(course, [LAB1], "smoke", "digits", cache=tmp_path / "cache", log=lambda m: None)
+
+
+def test_the_smoke_checkpoints_of_the_course_use_the_given_cache_too(tmp_path, fake_build):
+    """`release --cache-dir DIR` caches every profile's checkpoints in DIR, grading's smoke ones included."""
+    calls, _ = fake_build
+    files = build_checkpoints(tmp_path / "course", [LAB1], cache=tmp_path / "cache", log=lambda m: None)
+    assert [p.name for p in files[LAB1]] == ["lab1-source_backbone-smoke-digits.pt"]
+    assert files[LAB1][0].is_file() and calls == ["lab1/source_backbone"]
+    assert list((tmp_path / "cache").glob("smoke-digits-*/artifacts/lab1-source_backbone-smoke-digits.pt"))
 
 
 @pytest.mark.slow
