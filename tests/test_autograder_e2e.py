@@ -66,8 +66,8 @@ def graded(tmp_path_factory):
     for lab in labs:
         cases[("reference", lab)] = gf.Case(gf.reference(src[lab]))
         cases[("blank", lab)] = gf.Case(rel[lab], zero=("*",))
-        # one function wrong in a plausible way, through the whole pipeline (see MISTAKES)
-        for name in [MISTAKES[lab]] if lab in MISTAKES else []:
+        if lab in MISTAKES:  # one function wrong in a plausible way, through the whole pipeline
+            name = MISTAKES[lab]
             cases[(f"wrong_{name}", lab)] = gf.Case(
                 gf.plausibly_wrong(src[lab], name),
                 zero=tuple(nbu.grade_id(c) for c in gf.test_cells(src[lab], name)))
