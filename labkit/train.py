@@ -305,7 +305,8 @@ def fit(model: nn.Module, train_loader: Iterable, test_loader: Iterable | None =
         lr: of the default optimizer ``make_sgd(model, lr, nesterov=nesterov)`` (default: the
             profile's); do not combine with ``optimizer``.
         scheduler: a torch LR scheduler (stepped once per epoch; ``OneCycleLR`` per batch;
-            ``ReduceLROnPlateau`` with the monitored value), ``"cosine"`` or ``"onecycle"``.
+            ``ReduceLROnPlateau`` with the monitored value), ``"cosine"``, ``"onecycle"`` or
+            ``"linear"`` (down to 0 over the run, per batch; see ``labkit.optim.build_scheduler``).
         milestones: integer epochs after which the rate is multiplied by 0.1.
         loss_fn: ``loss_fn(logits, labels, inputs) -> scalar``; default cross-entropy (with
             ``label_smoothing``). The test loss is always plain cross-entropy.

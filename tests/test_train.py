@@ -133,7 +133,7 @@ def test_named_schedulers():
     assert max(lrs) == pytest.approx(0.1, rel=0.05) and lrs[-1] < 0.01
     assert lrs.index(max(lrs)) < 8
     with pytest.raises(ValueError, match="cosine"):
-        fit(tiny(), blobs(n=16), epochs=1, lr=0.1, scheduler="linear", device="cpu", progress=False)
+        fit(tiny(), blobs(n=16), epochs=1, lr=0.1, scheduler="triangle", device="cpu", progress=False)
 
 
 def test_fit_is_deterministic_on_cpu():
