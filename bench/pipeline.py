@@ -121,6 +121,9 @@ def _recipe(profile: str, dataset: str | None, limit: int | None, epochs: int | 
         changes["epochs"] = epochs
     if finetune_epochs is not None:
         changes["finetune_epochs"] = finetune_epochs
+    for name, allowed in (("optimizer", ("sgd", "muon")), ("scheduler", ("onecycle", "linear"))):
+        if name in changes and changes[name] not in allowed:
+            raise ValueError(f"config field {name} must be one of {', '.join(allowed)}, got {changes[name]!r}")
     return replace(cfg, **changes)
 
 
@@ -155,17 +158,22 @@ def _train_unpruned(p: _Pipeline) -> tuple[nn.Module, dict, int]:
     model = build_model(cfg, p.num_classes)
     init_whitening(model, p.train)
     model_flops = flops(model)
-    hist = p.timed("train_sparse", lambda: p.fit(model, cfg.epochs, cfg.lr, "sparsity",
+    loader, per_epoch = p.train_loader, p.per_epoch
+    if cfg.train_budget_tflop is not None:  # a fraction of each epoch, so the whole run fits the budget
+        n = _batches_within(cfg.train_budget_tflop, cfg.epochs, tflop(model_flops, cfg.batch_size))
+        loader, per_epoch = FirstBatches(p.train_loader, n), min(n, len(p.train_loader)) * cfg.batch_size
+    hist = p.timed("train_sparse", lambda: p.fit(model, cfg.epochs, cfg.lr, "sparsity", loader=loader,
                                                  after_backward=lambda m: sol.add_bn_l1_subgradient(m, cfg.l1)))
     acc = p.timed("eval_unpruned", lambda: p.accuracy(model))
     model_cpu = copy.deepcopy(model).float().cpu().to(memory_format=torch.contiguous_format).eval()
     base = {"acc": acc, "params": count_params(model_cpu), "flops": flops(model_cpu),
-            "train_tflop": round(tflop(model_flops, cfg.epochs * p.per_epoch), 2),
+            "train_tflop": round(tflop(model_flops, cfg.epochs * per_epoch), 2),
+            "images_seen": cfg.epochs * per_epoch,
             "train_s_without_eval": _train_seconds(hist),
             "train_epoch_s": [round(r["seconds"], 2) for r in hist.rows],
             "train_loss_last": hist.last["train_loss"],
             "bn_sparsity_below_0.01": float(sol.bn_sparsity(model_cpu, 0.01)),
-            "curve": curve(hist, model_flops, p.per_epoch)}
+            "curve": curve(hist, model_flops, per_epoch)}
     log(f"[pipeline] unpruned: acc {acc:.4f}, {base['params']:,} params, "
         f"{base['train_tflop']} TFLOP of training")
     return model_cpu, base, model_flops
@@ -206,6 +214,11 @@ def _prune_and_finetune(p: _Pipeline, model_cpu: nn.Module, base: dict, percent:
             "curve": curve(ft, fl, p.per_epoch)}
 
 
+def _batches_within(budget: float, epochs: int, batch_tflop: float) -> int:
+    """Batches per epoch (at least one) such that ``epochs`` epochs cost at most ``budget`` TFLOP."""
+    return max(1, int(budget / (epochs * batch_tflop)))
+
+
 def _budget_run(p: _Pipeline, model_flops: int, budget: float) -> dict:
     """The same recipe (no L1 penalty: what a lab trains) with the schedule cut to ``budget``
     TFLOP: ceil(budget / epoch) epochs of as many batches as fit (phase ``budget_<budget>``)."""
@@ -214,7 +227,7 @@ def _budget_run(p: _Pipeline, model_flops: int, budget: float) -> dict:
     cfg = p.cfg
     batch_tflop = tflop(model_flops, cfg.batch_size)
     n_ep = max(1, math.ceil(budget / tflop(model_flops, p.per_epoch)))
-    n_batches = max(1, int(budget / (n_ep * batch_tflop)))
+    n_batches = _batches_within(budget, n_ep, batch_tflop)
     seed_everything(p.seed)
     short = build_model(cfg, p.num_classes)
     init_whitening(short, p.train)
@@ -277,7 +290,7 @@ def run(profile: str = "fast", dataset: str | None = None, limit: int | None = N
                  "timings are wall clock on the machine below; on a shared machine they are noisy"),
         "config": asdict(cfg), "device": p.device, "seed": seed,
         "train_images": len(p.train), "test_images": len(p.test),
-        "train_images_per_s": round(cfg.epochs * p.per_epoch / max(base["train_s_without_eval"], 1e-9), 1),
+        "train_images_per_s": round(base["images_seen"] / max(base["train_s_without_eval"], 1e-9), 1),
         "train_tflop": base["train_tflop"],
         "finetune_tflop": pruned[0]["finetune_tflop"] if pruned else None,
         "unpruned": base, "pruned": pruned, "budgets": budgets,

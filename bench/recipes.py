@@ -68,9 +68,18 @@ class Recipe:
     momentum: float = 0.9
     bias_lr_scale: float = 1.0        # BatchNorm biases: lr x this, weight decay / this (airbench: 64)
     translate: int = 4                # random-crop padding in pixels (labkit's Loader: 4)
+    train_budget_tflop: float | None = None  # if set: each training epoch takes only as many batches
+    #                                          as keep the sparsity training within this budget
     finetune_tflop: float | None = None  # if set: as many fine-tuning epochs as fit this budget,
     #                                      at most finetune_epochs
     model_kw: tuple[tuple[str, Any], ...] = ()  # extra builder arguments, e.g. (("logit_scale", 1.0),)
+    optimizer: str = "sgd"            # "sgd" (nesterov) or "muon" (labkit.optim.make_muon; lr = its conv rate)
+    scheduler: str = "onecycle"       # fit(scheduler=...): "onecycle" or "linear" (airbench: no warm-up)
+    # Muon only: the other groups' rates and the weight decay per step, per image of a batch (airbench's
+    # units for a summed loss; x batch_size for fit's mean loss) and scaled like lr when fine-tuning
+    sgd_lr: float = 0.053             # BatchNorm scales and shifts
+    head_lr: float = 0.67 / 256 ** 2  # the classifier (airbench: 0.67 on a head whose logits are / 256)
+    step_decay: float = 2e-6
     train_limit: int | None = None
     test_limit: int | None = None
     goal_unpruned_acc: float | None = None
@@ -188,8 +197,18 @@ def make_train_loader(cfg: Recipe, train: Any, device: str, seed: int) -> Any:
 
 def make_optimizer(model: nn.Module, lr: float, cfg: Recipe) -> torch.optim.Optimizer:
     """Nesterov SGD; with ``cfg.bias_lr_scale`` != 1 the BatchNorm biases get their own group
-    (lr x scale, weight decay / scale: the same decay per step), as in airbench."""
+    (lr x scale, weight decay / scale: the same decay per step), as in airbench. With
+    ``cfg.optimizer == "muon"``: :func:`labkit.optim.make_muon` with ``lr`` for the conv filters
+    and ``cfg.sgd_lr`` / ``cfg.head_lr`` x batch size x ``lr / cfg.lr`` for the rest."""
+    from labkit.optim import make_muon
     from labkit.train import make_sgd
+
+    if cfg.optimizer == "muon":
+        k = cfg.batch_size * lr / cfg.lr
+        return make_muon(model, lr, sgd_lr=cfg.sgd_lr * k, head_lr=cfg.head_lr * k,
+                         weight_decay=cfg.step_decay * cfg.batch_size)
+    if cfg.optimizer != "sgd":
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; use 'sgd' or 'muon'")
 
     if cfg.bias_lr_scale == 1.0:
         return make_sgd(model, lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
@@ -213,14 +232,14 @@ def init_whitening(model: nn.Module, train: Any, n: int = 5000) -> None:
 def fit_recipe(model: nn.Module, train_loader: Any, test_loader: Any, epochs: int, lr: float,
                cfg: Recipe, device: str, after_backward: Callable[[nn.Module], None] | None,
                desc: str) -> Any:
-    """One-cycle nesterov SGD with label smoothing (and the profile's lookahead / flip-TTA /
-    channels_last) through ``labkit.train.fit``; evaluates after every epoch when ``cfg.curve``.
-    Returns its History."""
+    """The recipe's optimizer (:func:`make_optimizer`) and schedule (one-cycle by default) with
+    label smoothing (and the profile's lookahead / flip-TTA / channels_last) through
+    ``labkit.train.fit``; evaluates after every epoch when ``cfg.curve``. Returns its History."""
     from labkit.train import fit
 
     opt = make_optimizer(model, lr, cfg)
     return fit(model, train_loader, test_loader if cfg.curve else None, epochs=epochs,
-               optimizer=opt, scheduler="onecycle", label_smoothing=cfg.label_smoothing,
+               optimizer=opt, scheduler=cfg.scheduler, label_smoothing=cfg.label_smoothing,
                lookahead=cfg.lookahead, tta_flip=cfg.tta_flip, channels_last=cfg.channels_last,
                after_backward=after_backward, device=device, progress=sys.stdout.isatty(),
                desc=desc)

@@ -158,6 +158,29 @@ def test_pipeline_slim_vgg_recipe_records_compute_and_curve(tmp_path):
     assert b["epochs"] == 1 and 0 <= b["acc"] <= 1
 
 
+def test_pipeline_muon_recipe_fits_its_training_budget(tmp_path):
+    """optimizer=muon + the linear schedule + train_budget_tflop: each epoch is cut to the batches
+    that keep the sparsity training within the budget (here 3 of smoke's 4 batches of 64)."""
+    out = tmp_path / "pipeline.json"
+    probe = [sys.executable, "-m", "bench.pipeline", "--profile", "smoke", "--out", str(out),
+             "--set", "arch=slim_vgg", "--set", "width=0.25", "--set", "prune=()"]
+    proc = subprocess.run(probe, cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    batch_tflop = 3 * json.loads(out.read_text(encoding="utf-8"))["unpruned"]["flops"] * 64 / 1e12
+    sets = ["optimizer=muon", "scheduler=linear", "lr=0.1", "epochs=2", f"train_budget_tflop={6.5 * batch_tflop!r}"]
+    cmd = probe + [x for s in sets for x in ("--set", s)]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text(encoding="utf-8"))
+    u = r["unpruned"]
+    assert r["config"]["optimizer"] == "muon" and u["images_seen"] == 2 * 3 * 64
+    assert r["train_tflop"] == round(6 * batch_tflop, 2)  # 6 batches, not the 8 of two whole epochs
+    assert [c["epoch"] for c in u["curve"]] == [1, 2] and 0.0 <= u["acc"] <= 1.0
+    proc = subprocess.run(probe + ["--set", "optimizer=adam"], cwd=REPO, env=_env(tmp_path),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "config field optimizer must be one of sgd, muon, got 'adam'" in proc.stderr
+
+
 def test_pipeline_rejects_bad_arguments_with_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "bench.pipeline", "--profile", "smoke", "--limit", "0"],
                           cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=60)
