@@ -14,7 +14,8 @@ importable from here too (``labkit.train.make_sgd`` & co., as the notebooks use 
 Recipe options (airbench-style, off by default): ``label_smoothing``, ``nesterov``,
 ``lookahead`` (weight averaging, :class:`Lookahead`) and ``tta_flip`` (also in :func:`evaluate`
 and :func:`predict`); ``channels_last`` (NHWC training) follows the run profile. ``precise_bn``
-recomputes BatchNorm statistics before each evaluation (:func:`precise_bn`).
+recomputes BatchNorm statistics before each evaluation (:func:`precise_bn`); :func:`correct_bn`
+moves them after weights were quantized.
 
 * ``loss_fn(logits, labels, inputs)`` replaces cross-entropy (e.g. distillation needs the
   inputs to run a teacher).
@@ -33,6 +34,7 @@ failure, and tqdm's default stream is stderr.
 """
 from __future__ import annotations
 
+import copy
 import math
 import sys
 import time
@@ -50,7 +52,8 @@ from labkit.history import ROW_KEYS, History
 from labkit.metrics import model_device
 from labkit.optim import Lookahead, build_scheduler, make_sgd
 
-__all__ = ["History", "Lookahead", "fit", "fit_epoch", "evaluate", "predict", "precise_bn", "save_checkpoint",
+__all__ = ["History", "Lookahead", "fit", "fit_epoch", "evaluate", "predict", "precise_bn", "correct_bn",
+           "save_checkpoint",
            "load_checkpoint", "make_sgd"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -405,6 +408,47 @@ def precise_bn(model: nn.Module, loader: Iterable, batches: int, *, channels_las
             m.running_var.copy_(var)
             m.num_batches_tracked.copy_(n)
         raise ValueError("precise_bn: the loader yielded no batches")
+    return used
+
+
+def _bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+@torch.no_grad()
+def correct_bn(model: nn.Module, reference: nn.Module, loader: Iterable, batches: int, *,
+               eps: float = 1e-12) -> int:
+    """Move ``model``'s BatchNorm statistics by as much as its changed weights moved them.
+
+    ``model`` is a copy of ``reference`` whose weights were altered (quantized, shared, pruned):
+    the inputs its BatchNorm layers see have a different mean and variance than those the running
+    statistics were collected for. Both networks see the same first ``batches`` batches of
+    ``loader`` (:func:`precise_bn` on throw-away copies); for each BatchNorm layer, matched in
+    order, with batch statistics ``m_ref, v_ref`` and ``m, v`` (``[C]`` each):
+    ``running_mean += m - m_ref`` and ``running_var *= v / v_ref`` (unchanged where
+    ``v_ref <= eps``). Empirical bias correction (Nagel et al., 2019, "Data-free quantization through
+    weight equalization and bias correction") extended to the variance. Differences rather than a plain
+    re-estimate: re-estimating lab 5's fp32 VGG on 512 training images alone moved it from 74.66 %
+    to 72.74 %; the difference cancels what a few hundred images estimate wrongly. No labels, no
+    gradient, no parameter change. Returns the number of batches used.
+    """
+    mine, ref = _bn_layers(model), _bn_layers(reference)
+    if len(mine) != len(ref) or any(a.num_features != b.num_features for a, b in zip(mine, ref)):
+        raise ValueError("correct_bn: model and reference must have the same BatchNorm layers "
+                         f"(got {[m.num_features for m in mine]} and {[m.num_features for m in ref]})")
+
+    def batch_stats(net: nn.Module) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]:
+        probe = copy.deepcopy(net)
+        used = precise_bn(probe, loader, batches)
+        return used, [(m.running_mean.clone(), m.running_var.clone()) for m in _bn_layers(probe)]
+
+    used, stats = batch_stats(model)
+    _, stats_ref = batch_stats(reference)
+    for layer, (mean, var), (mean_ref, var_ref) in zip(mine, stats, stats_ref):
+        layer.running_mean += mean - mean_ref
+        ok = var_ref > eps
+        layer.running_var.copy_(torch.where(ok, layer.running_var * var / var_ref.clamp(min=eps),
+                                            layer.running_var))
     return used
 
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from labkit.models import simple_cnn, vgg
-from labkit.train import (History, Lookahead, evaluate, fit, load_checkpoint, make_sgd, precise_bn,
+from labkit.train import (History, Lookahead, correct_bn, evaluate, fit, load_checkpoint, make_sgd, precise_bn,
                           predict, save_checkpoint)
 
 
@@ -474,6 +474,47 @@ def test_precise_bn_rejects_bad_counts_and_empty_loaders():
         precise_bn(model, [], 4)
     assert torch.allclose(model[0].running_mean, torch.full((3,), 2.0))  # untouched
     assert precise_bn(nn.Linear(2, 2), blobs(), 2) == 0  # no BatchNorm: nothing to do
+
+
+def test_correct_bn_moves_the_statistics_by_what_the_weights_changed():
+    # conv (no bias) -> BN: doubling the weights doubles the batch mean (m -> 2m) and quadruples the
+    # batch variance, so the running mean must move by m and the running variance grow 4x
+    torch.manual_seed(0)
+    ref = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4))
+    with torch.no_grad():
+        ref[1].running_mean.copy_(torch.tensor([0.3, -0.2, 0.1, 0.0]))
+        ref[1].running_var.copy_(torch.tensor([2.0, 0.5, 1.0, 3.0]))
+    ref.eval()
+    changed = copy.deepcopy(ref)
+    with torch.no_grad():
+        changed[0].weight.mul_(2.0)
+    data = blobs(n=64, batch=16)
+    mean0, var0 = ref[1].running_mean.clone(), ref[1].running_var.clone()
+    assert correct_bn(changed, ref, data, 3) == 3
+    probe = copy.deepcopy(ref)
+    precise_bn(probe, data, 3)
+    m, v = probe[1].running_mean, probe[1].running_var   # the reference's batch statistics
+    assert torch.allclose(changed[1].running_mean, mean0 + m, atol=1e-5)  # + (2m - m)
+    assert torch.allclose(changed[1].running_var, var0 * 4.0, rtol=1e-4)
+    # the reference and the statistics it was given are untouched; parameters never move
+    assert torch.equal(ref[1].running_mean, mean0) and torch.equal(ref[1].running_var, var0)
+    assert not changed.training and changed[1].momentum == 0.1
+    # where the reference's batch variance is zero (a dead channel) the variance is kept
+    dead = copy.deepcopy(ref)
+    with torch.no_grad():
+        dead[0].weight[1].zero_()
+    dead_changed = copy.deepcopy(dead)
+    with torch.no_grad():
+        dead_changed[0].weight.mul_(3.0)
+    correct_bn(dead_changed, dead, data, 2)
+    assert dead_changed[1].running_var[1] == var0[1] and torch.isfinite(dead_changed[1].running_var).all()
+
+
+def test_correct_bn_rejects_models_with_other_batchnorm_layers():
+    a = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    b = nn.Sequential(nn.Conv2d(3, 5, 3), nn.BatchNorm2d(5))
+    with pytest.raises(ValueError, match="same BatchNorm layers"):
+        correct_bn(a, b, blobs(), 2)
 
 
 def test_fit_with_precise_bn_evaluates_on_recomputed_statistics():
