@@ -53,8 +53,7 @@ from labkit.metrics import model_device
 from labkit.optim import Lookahead, build_scheduler, make_sgd
 
 __all__ = ["History", "Lookahead", "fit", "fit_epoch", "evaluate", "predict", "precise_bn", "correct_bn",
-           "save_checkpoint",
-           "load_checkpoint", "make_sgd"]
+           "save_checkpoint", "load_checkpoint", "make_sgd"]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -363,6 +362,11 @@ def fit(model: nn.Module, train_loader: Iterable, test_loader: Iterable | None =
 
 
 @torch.no_grad()
+def _bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The BatchNorm layers of ``model`` that keep running statistics, in module order."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
 def precise_bn(model: nn.Module, loader: Iterable, batches: int, *, channels_last: bool = False,
                amp: bool = False) -> int:
     """Recompute every BatchNorm layer's running mean and variance over ``batches`` batches.
@@ -377,8 +381,7 @@ def precise_bn(model: nn.Module, loader: Iterable, batches: int, *, channels_las
     """
     if isinstance(batches, bool) or not isinstance(batches, int) or batches < 1:
         raise ValueError(f"batches must be an int >= 1, got {batches!r}")
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-           and m.track_running_stats]
+    bns = _bn_layers(model)
     if not bns:
         return 0
     momenta = [m.momentum for m in bns]
@@ -409,10 +412,6 @@ def precise_bn(model: nn.Module, loader: Iterable, batches: int, *, channels_las
             m.num_batches_tracked.copy_(n)
         raise ValueError("precise_bn: the loader yielded no batches")
     return used
-
-
-def _bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
 
 
 @torch.no_grad()
