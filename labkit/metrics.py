@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["count_params", "count_nonzero", "flops", "macs", "serialized_size", "latency",
+__all__ = ["count_params", "count_nonzero", "flops", "macs", "serialized_size", "latency", "latencies",
            "accuracy", "confusion_matrix", "model_device", "as_state_dict"]
 
 
@@ -103,32 +103,65 @@ def latency(model: nn.Module, batch_size: int = 1, input_size: Sequence[int] = (
 
     Runs in eval mode under ``torch.inference_mode``; GPU work is synchronized before each
     clock read so asynchronous kernels are counted. ``device`` defaults to the model's;
-    a different one measures a copy, so ``model`` itself is never moved.
+    a different one measures a copy, so ``model`` itself is never moved. To compare several
+    models, use :func:`latencies`, which interleaves them.
+    """
+    return latencies({"model": model}, batch_size, input_size, repeats, warmup, device)["model"]
+
+
+def latencies(models: Mapping[str, nn.Module], batch_size: int = 1, input_size: Sequence[int] = (3, 32, 32),
+              repeats: int = 20, warmup: int = 5, device: str | torch.device | None = None) -> dict[str, float]:
+    """Median wall-clock seconds of one forward pass of each model, measured in interleaved rounds.
+
+    Every model first runs ``warmup`` untimed passes; then each of ``repeats`` rounds times one
+    pass of every model on the same ``[batch_size, *input_size]`` batch, in an order that rotates
+    from round to round. A slow spell of the machine (another process, a clock change, the
+    allocator settling) thus falls on all models alike, and their ratios stay comparable, which
+    timing one model after the other does not guarantee. Eval mode, ``torch.inference_mode``, GPU
+    work synchronized before each clock read; ``device`` defaults to each model's own, and a
+    model on another device is measured as a copy (the models themselves never move).
+
+    Returns ``{name: seconds}`` in the order of ``models``.
     """
     if repeats < 1 or warmup < 0 or batch_size < 1:
         raise ValueError(f"need repeats >= 1, warmup >= 0, batch_size >= 1; got "
                          f"repeats={repeats}, warmup={warmup}, batch_size={batch_size}")
-    here = model_device(model)
-    dev = here if device is None else torch.device(device)
-    # "cuda" and "cuda:0" name the same device: only copy when the type or index differs
-    same = here.type == dev.type and (dev.index is None or here.index in (None, dev.index))
-    net, dev = (model, here) if same else (copy.deepcopy(model).to(dev), dev)
-    x = torch.randn(batch_size, *input_size, device=dev)
-    was_training = net.training
-    net.eval()
-    times: list[float] = []
+    if not models:
+        raise ValueError("latencies needs at least one model")
+    nets: dict[str, tuple[nn.Module, torch.device, bool]] = {}
+    for name, model in models.items():
+        here = model_device(model)
+        dev = here if device is None else torch.device(device)
+        # "cuda" and "cuda:0" name the same device: only copy when the type or index differs
+        same = here.type == dev.type and (dev.index is None or here.index in (None, dev.index))
+        net, dev = (model, here) if same else (copy.deepcopy(model).to(dev), dev)
+        nets[name] = (net, dev, model.training)
+    inputs = {dev: torch.randn(batch_size, *input_size, device=dev) for _, dev, _ in nets.values()}
+    names = list(nets)
+    times: dict[str, list[float]] = {name: [] for name in names}
+
+    def timed(name: str) -> float:
+        net, dev, _ = nets[name]
+        _sync(dev)
+        start = time.perf_counter()
+        net(inputs[dev])
+        _sync(dev)
+        return time.perf_counter() - start
+
     try:
+        for net, _, _ in nets.values():
+            net.eval()
         with torch.inference_mode():
-            for i in range(warmup + repeats):
-                _sync(dev)
-                start = time.perf_counter()
-                net(x)
-                _sync(dev)
-                if i >= warmup:
-                    times.append(time.perf_counter() - start)
+            for name in names:
+                for _ in range(warmup):
+                    timed(name)
+            for r in range(repeats):
+                for name in names[r % len(names):] + names[:r % len(names)]:
+                    times[name].append(timed(name))
     finally:
-        net.train(was_training)
-    return statistics.median(times)
+        for net, _, was_training in nets.values():
+            net.train(was_training)
+    return {name: statistics.median(times[name]) for name in names}
 
 
 def _as_preds(x: torch.Tensor) -> torch.Tensor:

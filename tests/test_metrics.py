@@ -1,6 +1,8 @@
 """labkit.metrics against values computed by hand or by scikit-learn."""
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from torch import nn
@@ -58,6 +60,45 @@ def test_latency_is_a_positive_median():
     assert 0 < t < 1.0
     with pytest.raises(ValueError, match="repeats"):
         metrics.latency(nn.Linear(16, 4), input_size=(16,), repeats=0)
+
+
+class _Recorder(nn.Module):
+    """Appends its name to a shared log on every forward pass; sleeps ``pause`` seconds."""
+
+    def __init__(self, name: str, log: list, pause: float = 0.0) -> None:
+        super().__init__()
+        self.name, self.log, self.pause = name, log, pause
+        self.lin = nn.Linear(4, 2)
+
+    def forward(self, x):
+        self.log.append((self.name, self.training, torch.is_inference_mode_enabled()))
+        if self.pause:
+            time.sleep(self.pause)
+        return self.lin(x)
+
+
+def test_latencies_interleave_rounds_in_rotating_order():
+    log: list = []
+    models = {n: _Recorder(n, log) for n in "abc"}
+    models["b"].eval()
+    out = metrics.latencies(models, batch_size=2, input_size=(4,), repeats=4, warmup=2)
+    assert list(out) == ["a", "b", "c"] and all(t > 0 for t in out.values())
+    order = [name for name, _, _ in log]
+    assert order[:6] == ["a", "a", "b", "b", "c", "c"]                       # warm-up, model by model
+    assert order[6:] == list("abc" "bca" "cab" "abc")                        # then one pass each per round
+    assert all(not training and inference for _, training, inference in log)  # eval mode, no autograd
+    assert [m.training for m in models.values()] == [True, False, True]      # modes restored
+
+
+def test_latencies_tell_a_slow_model_from_a_fast_one():
+    log: list = []
+    out = metrics.latencies({"fast": _Recorder("fast", log), "slow": _Recorder("slow", log, pause=0.005)},
+                            input_size=(4,), repeats=5, warmup=1)
+    assert out["slow"] >= 0.005 > out["fast"]
+    with pytest.raises(ValueError, match="at least one model"):
+        metrics.latencies({})
+    with pytest.raises(ValueError, match="repeats"):
+        metrics.latencies({"m": nn.Linear(4, 2)}, input_size=(4,), repeats=0)
 
 
 def test_accuracy():
