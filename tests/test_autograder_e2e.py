@@ -1,9 +1,13 @@
 """End to end on the real labs: release → a class of generated submissions → grade (2 workers).
 
-Reference and blank for every lab; one plausible mistake on HOSTILE_LAB and one on lab 7, and the hostile
-cases that need a real lab on HOSTILE_LAB (every mistake of every lab is judged in tests/test_judge.py, every
-other attack graded in the tiny class of tests/test_autograder.py). Asserts exact per-cell scores, that neither the student bundle nor
-any feedback file leaks a solution or hidden test, and byte-identical CSVs on re-grading.
+The reference of every lab; one plausible mistake on HOSTILE_LAB and one on lab 7, and the hostile cases that
+need a real lab on HOSTILE_LAB (every mistake of every lab is judged in tests/test_judge.py, every other attack
+graded in the tiny class of tests/test_autograder.py). The untouched student version is graded end to end for
+lab 8 only (beside no model.pt): that every lab's blank scores zero on every test cell is judged in
+tests/test_judge.py in seconds, where grading each one here cost ~25 s of kernels. Asserts exact per-cell scores,
+that the references ran without an error or a stderr line in any cell (what nbgrader's Validate button flags),
+that neither the student bundle nor any feedback file leaks a solution or hidden test, and byte-identical CSVs
+on re-grading.
 """
 from __future__ import annotations
 
@@ -65,7 +69,6 @@ def graded(tmp_path_factory):
     cases: dict[tuple[str, str], gf.Case] = {}
     for lab in labs:
         cases[("reference", lab)] = gf.Case(gf.reference(src[lab]))
-        cases[("blank", lab)] = gf.Case(rel[lab], zero=("*",))
         if lab in MISTAKES:  # one function wrong in a plausible way, through the whole pipeline
             name = MISTAKES[lab]
             cases[(f"wrong_{name}", lab)] = gf.Case(
@@ -144,6 +147,22 @@ def test_sandbox_probes(graded):
     snoop = (fb / "snoop" / HOSTILE_LAB / f"{HOSTILE_LAB}.html").read_text()
     assert "NETCHECK: blocked" in net and "NETCHECK: connected" not in net
     assert "LEAKCHECK: found=[]" in snoop
+
+
+def test_references_run_without_errors_or_stderr(graded):
+    """No cell of any reference writes an error or to stderr in the grading kernel: nbgrader's Validate
+    button fails a notebook for either in a test cell (this replaced running nbgrader's Validator over every
+    source notebook, which executed them a third time after nbval and this grading)."""
+    fb = graded["out"] / "feedback"
+    for lab in graded["labs"]:
+        page = (fb / "reference" / lab / f"{lab}.html").read_text()
+        assert "output_stdout" in page, lab  # the page renders outputs: the checks below are not vacuous
+        assert "output_error" not in page and "output_stderr" not in page, lab
+    if CAPSTONE not in graded["labs"]:
+        return
+    # the same markers do appear where a notebook raised: the untouched lab 8 stops at NotImplementedError
+    blank = (fb / "blank" / CAPSTONE / f"{CAPSTONE}.html").read_text()
+    assert "output_error" in blank and "NotImplementedError" in blank
 
 
 def _secret(lines: list[str], visible: set[str]) -> list[str]:

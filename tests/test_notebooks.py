@@ -1,8 +1,10 @@
 """Static checks of the source notebooks (executing them is nbval's job, see the Makefile).
 
 Committed without outputs, kernelspec python3, valid nbgrader metadata (schema 3, allowed keys,
-unique grade ids), a locked setup cell first, hidden tests in every test cell, written questions,
-and nbgrader's own validator passes on the source (the reference solutions).
+unique grade ids), a locked setup cell first, hidden tests in every test cell, written questions.
+That the reference solutions run clean, without an error or a stderr line (what nbgrader's Validate
+button checks), is asserted on their graded feedback in tests/test_autograder_e2e.py; nbval runs
+every source notebook top to bottom.
 """
 from __future__ import annotations
 
@@ -74,19 +76,3 @@ def test_test_cells_and_questions(lab_id):
             questions += 1
             assert meta["grade_id"].startswith("q_")
     assert tests >= 2 and questions >= 2, f"{lab_id}: {tests} test cells, {questions} written questions"
-
-
-@pytest.mark.parametrize("lab_id", LAB_IDS)
-def test_nbgrader_validates_source(lab_id, tmp_path, monkeypatch):
-    """nbgrader's validator runs the source notebook (smoke profile) and finds every test passing."""
-    from nbgrader.validator import Validator
-    from traitlets.config import Config
-
-    monkeypatch.setenv("LABKIT_PROFILE", "smoke")
-    monkeypatch.setenv("LABKIT_ARTIFACTS", str(tmp_path / "artifacts"))
-    monkeypatch.chdir(NOTEBOOKS / lab_id)
-    cfg = Config()
-    cfg.Execute.timeout = 120
-    # Only the graded cells matter here; experiments that need an earlier lab's artifact may fail.
-    result = Validator(config=cfg).validate(str(NOTEBOOKS / lab_id / f"{lab_id}.ipynb"))
-    assert "failed" not in result, f"{lab_id}: validation failed: {json.dumps(result)[:2000]}"
