@@ -6,11 +6,22 @@ and nbgrader's whole autograde fails, losing every cell of the notebook. Here th
 the timeout error, the kernel is killed, and every later code cell gets a one-line "not run"
 error: the notebook is still saved, so the cells before it keep their outputs (points are
 decided by :mod:`autograder.judge` anyway, outside the kernel).
+
+It also bounds what the kernel can make this process hold. The sandbox caps the kernel's memory,
+but every output message the kernel sends is kept by nbclient in *this* (trusted, uncapped)
+process while the cell runs; the byte caps of :mod:`autograder.output_caps` only apply after the
+notebook ran. A cell re-sending one 10 MB string in a loop costs the kernel nothing and grew this
+process to 4 GB in 20 s. So the bytes of output are counted as they arrive; past
+``max_output_bytes`` for the notebook, further output is read and dropped (never queued: a
+consumer that stopped reading would leave the messages in ZeroMQ's queue), the cell gets a
+one-line ``OutputLimit`` error, and the kernel is stopped after that cell like a timed-out one.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
-from traitlets import Unicode
+from traitlets import Integer, Unicode
 from nbclient.util import run_sync
 from nbformat.notebooknode import NotebookNode
 from nbgrader.preprocessors import Execute
@@ -21,17 +32,47 @@ def _error(ename: str, evalue: str) -> NotebookNode:
                         traceback=[f"{ename}: {evalue}"])
 
 
+OUTPUT_LIMIT = "OutputLimit"  # the ename of the error a cell gets when the notebook's output passed the cap
+# Messages that carry no output: always handled (``status: idle`` ends the cell).
+_CONTROL = frozenset({"status", "execute_input"})
+
+
+def message_bytes(msg: dict[str, Any]) -> int:
+    """Bytes of text and binary data in a kernel message's content and buffers (an upper bound of what
+    storing it costs in characters; JSON punctuation ignored)."""
+    total = sum(len(b) for b in msg.get("buffers") or ())
+    stack: list[Any] = [msg.get("content")]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, (str, bytes, bytearray, memoryview)):
+            total += len(v)
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, (list, tuple)):
+            stack.extend(v)
+        else:
+            total += 8  # numbers, booleans, None
+    return total
+
+
 class GuardedExecute(Execute):
-    """:class:`nbgrader.preprocessors.Execute` that never lets one cell stop the notebook."""
+    """:class:`nbgrader.preprocessors.Execute` that never lets one cell stop the notebook, and never lets the
+    kernel's output grow this process beyond ``max_output_bytes``."""
 
     _stopped: str | None = None
+    _received: int = 0
+    _flooded_cell: int | None = None
     workdir = Unicode("", help="the kernel's working folder (default: the notebook's own folder)").tag(config=True)
+    max_output_bytes = Integer(64 * 1024 ** 2, help="bytes of output the whole notebook may send while it runs; "
+                               "past them output is dropped and the kernel stopped after the cell").tag(config=True)
 
     def preprocess(self, nb, resources=None, km=None):
         # The kernel works in a folder of its own, never in the folder nbgrader writes the graded
         # notebook to: a symlink planted there by student code would otherwise be followed by
         # nbgrader (as the grader's user) when it saves the result.
         self._stopped = None
+        self._received, self._flooded_cell = 0, None
         if self.workdir:
             resources = dict(resources or {})
             resources["metadata"] = dict(resources.get("metadata") or {}, path=self.workdir)
@@ -44,14 +85,34 @@ class GuardedExecute(Execute):
             cell.outputs = [_error("NotRun", self._stopped)]
             return cell, resources
         try:
-            return super().preprocess_cell(cell, resources, index)
+            cell, resources = super().preprocess_cell(cell, resources, index)
+            if self._flooded_cell == index:
+                self._stop(f"not run: the kernel was stopped in cell {index} (too much output)")
+            return cell, resources
         except (CellTimeoutError, DeadKernelError, TimeoutError, RuntimeError) as exc:
             died = isinstance(exc, DeadKernelError)
             cell.outputs.append(_error(type(exc).__name__, "the kernel died in this cell" if died else
                                        "no reply after the time limit and the interrupt; the kernel was stopped"))
-            self._stopped = f"not run: the kernel was stopped in cell {index}"
-            self._kill_kernel()
+            self._stop(f"not run: the kernel was stopped in cell {index}")
             return cell, resources
+
+    def process_message(self, msg: dict[str, Any], cell: NotebookNode, cell_index: int) -> NotebookNode | None:
+        """nbclient's handling of one kernel message, with the output it stores counted and capped."""
+        if msg.get("msg_type") in _CONTROL:
+            return super().process_message(msg, cell, cell_index)
+        if self._flooded_cell is None:
+            self._received += message_bytes(msg)
+            if self._received <= self.max_output_bytes:
+                return super().process_message(msg, cell, cell_index)
+            self._flooded_cell = cell_index
+            # first in the cell: the byte caps applied later keep a cell's first error whatever else they cut
+            cell.outputs.insert(0, _error(OUTPUT_LIMIT, f"this notebook sent more than {self.max_output_bytes // 1024 ** 2}"
+                                       " MiB of output; the rest was dropped and the kernel stopped after this cell"))
+        return None  # read and dropped: past the cap nothing more is stored
+
+    def _stop(self, why: str) -> None:
+        self._stopped = why
+        self._kill_kernel()
 
     def _kill_kernel(self) -> None:
         try:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -186,9 +187,25 @@ def execute(job: Job, jdir: Path, ticket: dict) -> tuple[Any, Any, str | None]:
 
             Limits.detect().kill(ticket["sandbox_name"] + "-k")
     if res.get("success"):
-        return api, config, None
+        return api, config, _flood_problem(jdir / "course" / "autograded" / job.safe_id / job.lab / f"{job.lab}.ipynb")
     (jdir / "nbgrader.log").write_text(str(res.get("log")) + "\n" + str(res.get("error")))
     return api, config, "running the notebook failed: " + error_line(res.get("log") or "", res.get("error") or "")
+
+
+def _flood_problem(graded: Path) -> str | None:
+    """The problem line when :class:`autograder.execute.GuardedExecute` cut the notebook's output (its
+    ``OutputLimit`` error in a cell), else None. A student can only fake it against their own row."""
+    from autograder.execute import OUTPUT_LIMIT
+
+    try:
+        nb = nbu.read_nb(graded)
+    except (OSError, ValueError):
+        return None
+    for cell in nb.get("cells", []):
+        for out in cell.get("outputs", []) if isinstance(cell, dict) else []:
+            if isinstance(out, dict) and out.get("output_type") == "error" and out.get("ename") == OUTPUT_LIMIT:
+                return "the notebook sent too much output: the rest was dropped and its kernel stopped"
+    return None
 
 
 # ---------------------------------------------------------------------------- probe and judge
@@ -354,6 +371,8 @@ def run_job(ticket: dict) -> dict:
         if not os.environ.get("AUTOGRADER_KEEP_WORK"):
             remove_tree(jdir)
     result["seconds"] = round(time.perf_counter() - t0, 3)
+    # this grading process's own peak memory (sandboxes excluded): bounded whatever the kernel sends
+    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     result["problems"] = job.problems
     return result
 

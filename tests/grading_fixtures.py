@@ -421,6 +421,13 @@ LEAK_IN = """import base64, linecache
 print("LEAKIN " + repr(In))
 print("LEAKB64 " + base64.b64encode(repr(In).encode() + repr(linecache.cache).encode()).decode())"""
 
+# ~800 MB of output sent to the grader from a few KB of kernel memory (one 2 MB string displayed 400 times):
+# the grading process must drop what passes its cap while the cell runs, not hold it all until the end
+OUTPUT_FLOOD = """from IPython.display import display
+_s = 'x' * 2_000_000
+for _i in range(400):
+    display({'text/plain': _s}, raw=True)
+print('flood' + ' sent')"""
 XSS_MARKDOWN = ("Look: <img src=x onerror=\"alert(1)\"> <script>alert(2)</script> "
                 "<a href=\"javascript:alert(3)\">link</a> <iframe src=\"http://example.org\"></iframe>")
 XSS_CODE = """from IPython.display import HTML, display
@@ -505,7 +512,10 @@ def attack_class(lab: str, source: dict, release: dict, escape: dict, sleep_mark
     xss = _append(ref, XSS_CODE)
     xss["cells"].append(plain_cell(XSS_MARKDOWN, "markdown"))
     out["xss"] = Case(xss)
-    out["huge_line"] = Case(insert_after(ref, "setup", "print('x' * 100_000_000)"))
+    # one 100 MB line: past the grading process's 64 MiB output cap as well
+    out["huge_line"] = Case(insert_after(ref, "setup", "print('x' * 100_000_000)"), problem="sent too much output")
+    # points come from the probe, so the reference keeps them; the kernel is stopped after the flood
+    out["output_flood"] = Case(insert_after(ref, "setup", OUTPUT_FLOOD), problem="sent too much output")
     out["deep_tree"] = Case(insert_after(ref, "setup", DEEP_TREE))
     out["deep_tree_probe"] = Case(replace_solution(ref, names[0], DEEP_TREE + "\n" + code0))
     out["fill_disk"] = Case(insert_after(ref, "setup", FILL_DISK))

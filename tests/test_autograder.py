@@ -344,6 +344,21 @@ def test_feedback_is_sanitised_and_capped(tiny_graded):
     assert huge.stat().st_size < 9 * 1024 * 1024
 
 
+def test_an_output_flood_is_dropped_while_the_cell_runs(tiny_graded):
+    """~800 MB sent by the kernel (gf.OUTPUT_FLOOD) never reaches the grading process's memory: past the 64 MiB
+    cap the output is read and dropped, the cell says so first, and the kernel is stopped after it."""
+    state = lambda s: json.loads((tiny_graded["out"] / ".state" / s / f"{gf.TINY_LAB}.json").read_text())["result"]
+    flood, ref = state("output_flood"), state("reference")
+    assert ref["peak_rss_mb"] > 0
+    # ~800 MB more than the reference's grading process without the cap; with it, at most the 64 MiB kept + copies
+    assert flood["peak_rss_mb"] - ref["peak_rss_mb"] < 256, (flood["peak_rss_mb"], ref["peak_rss_mb"])
+    assert flood["raw_score"] == ref["raw_score"] == 3.0  # points come from the probe, not from this kernel
+    page = _feedback(tiny_graded, "output_flood")
+    assert "OutputLimit" in page and "more than 64 MiB of output" in page
+    assert "not run: the kernel was stopped" in page and "too much output" in page
+    assert "flood sent" not in page  # the cell's output after the cap was dropped (its source spells it apart)
+
+
 def test_nothing_the_probe_writes_is_echoed_to_the_student(tiny_graded):
     import re
 
