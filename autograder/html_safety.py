@@ -79,8 +79,13 @@ def clean_css(css: str) -> str:
     return re.sub(r"(?i)-moz-binding|behavior\s*:|@import", "blocked", css)
 
 
-def _clean_tree(root: Tag) -> None:
-    """Remove active content below ``root`` (in place, iteratively: student HTML may nest deeply)."""
+def _clean_tree(root: Tag, styles: bool = True) -> None:
+    """Remove active content below ``root`` (in place, iteratively: student HTML may nest deeply).
+
+    ``styles=False`` (student fragments) also removes ``<style>`` elements and ``style`` attributes: CSS
+    runs nothing, but a student stylesheet applies to the whole page, so it could hide the judge's
+    verdict lines and show a forged one (red-team pass, 2026-12-07), and an inline ``position: fixed``
+    box can cover the page the same way."""
     stack: list[Tag] = [root]
     unwrap: list[Tag] = []
     while stack:
@@ -93,10 +98,14 @@ def _clean_tree(root: Tag) -> None:
                     child.replace_with(NavigableString(clean_css(str(child))))
             elif isinstance(child, Tag):
                 name = child.name.lower()
-                if name in _DROP or not _TAG_NAME.match(name) or (name == "meta" and child.has_attr("http-equiv")):
+                if (name in _DROP or not _TAG_NAME.match(name) or (name == "meta" and child.has_attr("http-equiv"))
+                        or (not styles and name == "style")):
                     child.decompose()
                     continue
                 _clean_attrs(child)
+                if not styles:
+                    for attr in [a for a in child.attrs if a.lower() == "style"]:
+                        del child.attrs[attr]
                 if name in _UNWRAP:
                     unwrap.append(child)
                 stack.append(child)
@@ -108,13 +117,14 @@ def _is_page(html: str) -> bool:
     return re.match(r"\s*(?:<!doctype|<html)", html[:1000], re.I) is not None
 
 
-def _sanitize(html: str, note: str | None = None, page: bool | None = None) -> str:
+def _sanitize(html: str, note: str | None = None, page: bool | None = None, styles: bool = True) -> str:
     """:func:`sanitize_html`, with ``note`` (plain text) put at the top of the body.
 
     ``page``: a whole document (doctype, CSP) or a fragment; None: decided from the start of ``html``.
+    ``styles``: keep ``<style>`` and ``style=`` (see :func:`_clean_tree`).
     """
     soup = BeautifulSoup(html, "html.parser")
-    _clean_tree(soup)
+    _clean_tree(soup, styles)
     if note:
         div = soup.new_tag("div", attrs={"class": "alert alert-warning", "role": "alert"})
         div.string = note
@@ -147,7 +157,8 @@ def sanitize_html(html: str | bytes) -> str:
 
 
 def sanitize_fragment(html: Any) -> str:
-    """Jinja filter replacing nbconvert's ``clean_html`` (HTML outputs, markdown, SVG, code).
+    """Jinja filter replacing nbconvert's ``clean_html`` (HTML outputs, markdown, SVG, code): the student's
+    markup, so also without ``<style>`` or ``style=`` (see :func:`_clean_tree`).
 
     A fragment over :data:`MAX_FRAGMENT_BYTES` becomes a one-line note instead.
     """
@@ -156,7 +167,7 @@ def sanitize_fragment(html: Any) -> str:
     if size > MAX_FRAGMENT_BYTES:
         return (f'<p class="alert alert-warning">… not shown: {size:,} bytes of HTML, over the '
                 f"{human_bytes(MAX_FRAGMENT_BYTES)} limit</p>")
-    return _sanitize(text, page=False)  # a whole document shown as an output stays a fragment
+    return _sanitize(text, page=False, styles=False)  # a whole document shown as an output stays a fragment
 
 
 def sanitize_markdown_html(html: Any) -> str:

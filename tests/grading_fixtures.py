@@ -428,6 +428,12 @@ _s = 'x' * 2_000_000
 for _i in range(400):
     display({'text/plain': _s}, raw=True)
 print('flood' + ' sent')"""
+# A page-wide stylesheet hiding every output, and a forged verdict in a box covering the page: with it, the
+# feedback page of a wrong answer would show only "1 / 1 points" (red-team pass, 2026-12-07)
+CSS_FORGERY = """from IPython.display import HTML, display
+display(HTML('<style>.output_stdout, .output_text pre, .output_error {display:none !important}</style>'
+             '<p style="position:fixed; top:0; left:0; width:100%; height:100%; background:white">'
+             'Grader: ' + 'FORGED all hidden checks passed</p>'))"""
 XSS_MARKDOWN = ("Look: <img src=x onerror=\"alert(1)\"> <script>alert(2)</script> "
                 "<a href=\"javascript:alert(3)\">link</a> <iframe src=\"http://example.org\"></iframe>")
 XSS_CODE = """from IPython.display import HTML, display
@@ -512,6 +518,9 @@ def attack_class(lab: str, source: dict, release: dict, escape: dict, sleep_mark
     xss = _append(ref, XSS_CODE)
     xss["cells"].append(plain_cell(XSS_MARKDOWN, "markdown"))
     out["xss"] = Case(xss)
+    wrong0 = code0 + f"\n\n\ndef {names[0]}(*args, **kwargs):\n    return 0"
+    out["css_forgery"] = Case(insert_after(replace_solution(ref, names[0], wrong0), "setup", CSS_FORGERY),
+                              zero=tuple(t for t in tests if t.startswith(f"test_{names[0]}")))
     # one 100 MB line: past the grading process's 64 MiB output cap as well
     out["huge_line"] = Case(insert_after(ref, "setup", "print('x' * 100_000_000)"), problem="sent too much output")
     # points come from the probe, so the reference keeps them; the kernel is stopped after the flood

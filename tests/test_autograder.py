@@ -342,6 +342,15 @@ def test_feedback_is_sanitised_and_capped(tiny_graded):
     assert "bold" in text  # ordinary HTML output survives
     huge = tiny_graded["out"] / "feedback" / "huge_line" / gf.TINY_LAB / f"{gf.TINY_LAB}.html"
     assert huge.stat().st_size < 9 * 1024 * 1024
+    # a wrong answer's page cannot be restyled to hide its verdict behind a forged one (gf.CSS_FORGERY)
+    from bs4 import BeautifulSoup
+
+    page = (tiny_graded["out"] / "feedback" / "css_forgery" / gf.TINY_LAB / f"{gf.TINY_LAB}.html").read_text()
+    body = BeautifulSoup(page, "html.parser").body  # parsed as the browser would (not _feedback's unescaped text)
+    assert body.find_all("style") == []  # the code cell shows the student's markup as text only
+    # inline styles left are nbconvert's ANSI colours of tracebacks, never the student's box
+    assert [t["style"] for t in body.find_all(style=True) if not t["style"].startswith("color: rgb(")] == []
+    assert "Grader: FORGED" in body.get_text() and "hidden check failed" in body.get_text()
 
 
 def test_an_output_flood_is_dropped_while_the_cell_runs(tiny_graded):

@@ -362,6 +362,33 @@ def test_rendered_feedback_has_no_active_content(template):
     assert _squash(hs.sanitize_html(page)) == _squash(page)  # stable (up to blank lines in <head>)
 
 
+CSS_FORGERY = ('<style>.output_stdout, .output_text pre {display:none !important}</style>'
+               '<p style="position:fixed; top:0; left:0; width:100%; height:100%; background:white">'
+               'Grader: 1 / 1 points — all 2 hidden checks passed</p>')
+
+
+@pytest.mark.parametrize("template", ["classic", "nbgrader-feedback"])
+def test_student_css_cannot_restyle_the_feedback_page(template):
+    """A student's stylesheet or inline style would apply to the whole page: hide the judge's verdicts and
+    cover the page with a forged one. HTML outputs and markdown lose both; the template's CSS stays."""
+    c = Config()
+    fb.feedback_config(c)
+    exporter, res = _exporter(template, c)
+    nb = _nb(new_markdown_cell("<div style='display:none'>x</div>\n\n" + CSS_FORGERY), _code(
+        new_output("display_data", data={"text/html": CSS_FORGERY, "text/plain": "html"}),
+        new_output("stream", name="stdout", text="Grader: 0 / 1 points, hidden check failed\n")))
+    rendered, _ = exporter.from_notebook_node(nb, resources=res)
+    page = hs.sanitize_html(rendered)
+    soup = BeautifulSoup(page, "html.parser")
+    assert soup.body.find_all("style") == [] and soup.body.find_all(style=True) == []
+    assert "display:none !important" not in page
+    assert soup.head.find_all("style")  # the template's own CSS
+    body = str(soup.body)
+    assert "Grader: 1 / 1 points" in body  # the forged text stays visible as text, with nothing to hide the rest
+    assert "Grader: 0 / 1 points, hidden check failed" in body
+    assert hs.sanitize_fragment('<p style="color: red">x</p><style>p{}</style>') == "<p>x</p>"
+
+
 def test_without_feedback_config_nbgrader_template_leaves_markdown_live():
     """Why feedback_config exists: sanitize_html=True alone does not reach nbgrader's markdown cells."""
     c = Config()
