@@ -198,6 +198,16 @@ def _check_sandbox(sandbox: bool, scheduler: str | None, mem_bytes: int | None, 
         print("warning: grading WITHOUT a sandbox (--no-sandbox): student code runs with your rights")
 
 
+def untimed_warning(jobs: list[Job], deadline: str | None, late_penalty_per_day: float) -> str | None:
+    """One line when a late penalty is asked for but some submissions carry no submission time (a Canvas
+    or Moodle download has none; Canvas's ``LATE_`` is noted on the row by :mod:`autograder.lms`)."""
+    untimed = sum(1 for j in jobs if j.notebook and not j.timestamp)
+    if not (deadline and late_penalty_per_day and untimed):
+        return None
+    return (f"warning: {untimed} of {sum(1 for j in jobs if j.notebook)} submissions have no submission time "
+            "(timestamp.txt beside the notebook): no late penalty can apply to them")
+
+
 def grade(submissions: Path, out: Path, course: Path, labs: list[str] | None = None, workers: int | None = None,
           deadline: str | None = None, late_penalty_per_day: float = 0.0, db_url: str | None = None,
           sandbox: bool = True, mem_bytes: int | None = None, job_timeout: float = JOB_TIMEOUT_S,
@@ -232,6 +242,9 @@ def grade(submissions: Path, out: Path, course: Path, labs: list[str] | None = N
                                    else None) if j.lab in labs]
         for job in jobs:
             mark_foreign(job, course, course_labs)
+        warning = untimed_warning(jobs, deadline, late_penalty_per_day)
+        if warning:
+            print(warning)
         gradebook = _set_deadline(course, labs, deadline, work) if deadline else course / "gradebook.db"
         options = {"sandbox": sandbox, "mem_bytes": int(mem_bytes or 2 * 1024 ** 3), "job_timeout": job_timeout,
                    "late_penalty_per_day": late_penalty_per_day, "deadline": deadline or "",

@@ -145,6 +145,8 @@ def flat_slots(root: Path, labs: list[str], rejected: dict[Path, str]) -> tuple[
                 continue
             student, sub, lab = parsed
             _add_file(slots[(student, lab)], root / name, name, kind, sub, root, rejected)
+            if f"_LATE_{student}_{sub}_" in name:  # Canvas's only sign of lateness: no time comes with it
+                slots[(student, lab)].problems.append(f"Canvas marks {name} LATE")
         elif name.endswith(".pt") and kind != "dir" and model_lab(name, labs):
             try:  # the capstone's model.pt, renamed by Canvas like a notebook
                 parsed = parse_canvas_name(name, [], default_lab=model_lab(name, labs))

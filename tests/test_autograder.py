@@ -63,6 +63,18 @@ def _tiny_nb() -> dict:
     return gf.reference(gf.tiny_notebook())
 
 
+def test_a_late_penalty_without_submission_times_is_announced():
+    from autograder.collect import Job
+
+    jobs = [Job("a", "lab", notebook="a.ipynb", timestamp="2025-03-02 13:00:00 UTC"),
+            Job("b", "lab", notebook="b.ipynb"), Job("c", "lab", notebook="c.ipynb"), Job("d", "lab")]
+    assert G.untimed_warning(jobs, "2025-03-01T12:00:00Z", 0.1) == (
+        "warning: 2 of 3 submissions have no submission time (timestamp.txt beside the notebook): "
+        "no late penalty can apply to them")
+    assert G.untimed_warning(jobs, None, 0.1) is None and G.untimed_warning(jobs, "2025-03-01T12:00:00Z", 0.0) is None
+    assert G.untimed_warning(jobs[:1], "2025-03-01T12:00:00Z", 0.1) is None
+
+
 def test_collect_folder_layout_reports_problems(tmp_path):
     subs = tmp_path / "subs"
     gf.write_submission(subs, "alice", gf.TINY_LAB, _tiny_nb(), timestamp="2025-01-01 10:00:00 UTC")

@@ -337,7 +337,8 @@ def test_canvas_zip_takes_the_id_token_never_the_display_name(tmp_path, capsys):
     jobs = _collect(z, tmp_path)
     assert {s: (_outcome(j), Path(j.notebook).name) for s, j in jobs.items()} == {
         "11111": ((True, []), f"victim_11111_900_{LAB}.ipynb"),
-        "22222": ((True, []), f"kim_LATE_22222_903_{LAB}.ipynb"),
+        # Canvas's LATE_ is noted on the row: the download has no submission time to compute a penalty from
+        "22222": ((True, [f"Canvas marks kim_LATE_22222_903_{LAB}.ipynb LATE"]), f"kim_LATE_22222_903_{LAB}.ipynb"),
         "55555": ((True, []), f"zed_victim01_x_55555_901_{LAB}.ipynb")}
     assert f"skipped zed_11111_999999_55555_902_{LAB}.ipynb: ambiguous" in capsys.readouterr().out
 
