@@ -43,6 +43,9 @@ _DATA_IMAGE = re.compile(r"data:image/(?:png|jpe?g|gif|webp|bmp|svg\+xml)[;,]")
 _TAG_NAME = re.compile(r"^[a-z][a-z0-9-]*$")
 _ATTR_NAME = re.compile(r"^[a-z_][a-z0-9_.:-]*$")
 _SQUASH = re.compile(r"[\x00-\x20\x7f]+")
+# Removed from student markup (see _clean_tree): inline CSS, and SVG's presentation attribute that lets a
+# drawing spill out of its box over the rest of the page (the browser clips an inline <svg> by default).
+_LAYOUT_ATTRS = frozenset({"style", "overflow"})
 
 
 def _url_ok(tag: str, attr: str, value: str) -> bool:
@@ -85,7 +88,7 @@ def _clean_tree(root: Tag, styles: bool = True) -> None:
     ``styles=False`` (student fragments) also removes ``<style>`` elements and ``style`` attributes: CSS
     runs nothing, but a student stylesheet applies to the whole page, so it could hide the judge's
     verdict lines and show a forged one (red-team pass, 2026-12-07), and an inline ``position: fixed``
-    box can cover the page the same way."""
+    box can cover the page the same way; so can an SVG drawing with ``overflow="visible"``."""
     stack: list[Tag] = [root]
     unwrap: list[Tag] = []
     while stack:
@@ -104,7 +107,7 @@ def _clean_tree(root: Tag, styles: bool = True) -> None:
                     continue
                 _clean_attrs(child)
                 if not styles:
-                    for attr in [a for a in child.attrs if a.lower() == "style"]:
+                    for attr in [a for a in child.attrs if a.lower() in _LAYOUT_ATTRS]:
                         del child.attrs[attr]
                 if name in _UNWRAP:
                     unwrap.append(child)

@@ -428,12 +428,14 @@ _s = 'x' * 2_000_000
 for _i in range(400):
     display({'text/plain': _s}, raw=True)
 print('flood' + ' sent')"""
-# A page-wide stylesheet hiding every output, and a forged verdict in a box covering the page: with it, the
-# feedback page of a wrong answer would show only "1 / 1 points" (red-team pass, 2026-12-07)
+# A page-wide stylesheet hiding every output, a forged verdict in a box covering the page and an SVG drawing
+# over what is above it: with them, the feedback page of a wrong answer would show only the forged verdict
+# (red-team pass, 2026-12-07)
 CSS_FORGERY = """from IPython.display import HTML, display
 display(HTML('<style>.output_stdout, .output_text pre, .output_error {display:none !important}</style>'
              '<p style="position:fixed; top:0; left:0; width:100%; height:100%; background:white">'
-             'Grader: ' + 'FORGED all hidden checks passed</p>'))"""
+             'Grader: ' + 'FORGED all hidden checks passed</p>'
+             '<svg width="1" height="1" overflow="visible"><rect y="-5000" width="9000" height="9000" fill="white"/></svg>'))"""
 XSS_MARKDOWN = ("Look: <img src=x onerror=\"alert(1)\"> <script>alert(2)</script> "
                 "<a href=\"javascript:alert(3)\">link</a> <iframe src=\"http://example.org\"></iframe>")
 XSS_CODE = """from IPython.display import HTML, display

@@ -362,6 +362,7 @@ def test_feedback_is_sanitised_and_capped(tiny_graded):
     assert body.find_all("style") == []  # the code cell shows the student's markup as text only
     # inline styles left are nbconvert's ANSI colours of tracebacks, never the student's box
     assert [t["style"] for t in body.find_all(style=True) if not t["style"].startswith("color: rgb(")] == []
+    assert body.find_all("svg") and body.find_all(overflow=True) == []  # the SVG stays, clipped to its box
     assert "Grader: FORGED" in body.get_text() and "hidden check failed" in body.get_text()
 
 

@@ -387,6 +387,10 @@ def test_student_css_cannot_restyle_the_feedback_page(template):
     assert "Grader: 1 / 1 points" in body  # the forged text stays visible as text, with nothing to hide the rest
     assert "Grader: 0 / 1 points, hidden check failed" in body
     assert hs.sanitize_fragment('<p style="color: red">x</p><style>p{}</style>') == "<p>x</p>"
+    # an SVG box drawing outside itself over the verdicts above it
+    assert hs.sanitize_fragment('<svg width="1" height="1" overflow="visible"><rect y="-5000" width="9000" '
+                                'height="9000" fill="white"></rect></svg>') == \
+        '<svg height="1" width="1"><rect fill="white" height="9000" width="9000" y="-5000"></rect></svg>'
 
 
 def test_without_feedback_config_nbgrader_template_leaves_markdown_live():
