@@ -121,7 +121,8 @@ class _Listener:
         self.accepted = 0
         self.tcp = socket.create_server(("127.0.0.1", 0))
         self.unix = socket.socket(socket.AF_UNIX)
-        self.unix.bind(str(sock_path))
+        self.unix_path = str(sock_path)
+        self.unix.bind(self.unix_path)
         self.unix.listen()
         self.port = self.tcp.getsockname()[1]
         for srv in (self.tcp, self.unix):
@@ -139,6 +140,7 @@ class _Listener:
     def close(self) -> None:
         self.tcp.close()
         self.unix.close()
+        Path(self.unix_path).unlink(missing_ok=True)   # a bound Unix socket stays in /tmp until unlinked
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -200,10 +201,19 @@ def test_forged_records_are_refused() -> None:
 
 # ----------------------------------------------------------------------------- in the sandbox
 
-def _jdir() -> Path:
-    d = Path(tempfile.mkdtemp(prefix="capstone-job-"))
-    os.chmod(d, 0o755)
-    return d
+@pytest.fixture
+def new_jdir():
+    """Makes job folders outside pytest's private tmp tree (the sandbox mounts them); removes them after."""
+    made: list[Path] = []
+
+    def make() -> Path:
+        made.append(Path(tempfile.mkdtemp(prefix="capstone-job-")))
+        os.chmod(made[-1], 0o755)
+        return made[-1]
+
+    yield make
+    for d in made:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def _ticket(**kw) -> dict:
@@ -211,8 +221,8 @@ def _ticket(**kw) -> dict:
             "mem_bytes": 2 * 1024 ** 3, "job_timeout": 300, **kw}
 
 
-def test_sandboxed_evaluation_scores_by_tier(bwrap_ok, course: Path, good_model) -> None:
-    jdir = _jdir()
+def test_sandboxed_evaluation_scores_by_tier(bwrap_ok, course: Path, good_model, new_jdir) -> None:
+    jdir = new_jdir()
     model = cf.write_good(jdir / "submitted.pt", good_model)
     row, verdict = capstone.evaluate_job(course, LAB, str(model), jdir, _ticket(), 10)
     images, labels = _hidden(course)
@@ -223,8 +233,8 @@ def test_sandboxed_evaluation_scores_by_tier(bwrap_ok, course: Path, good_model)
     assert verdict["message"].startswith(f"model.pt: hidden-half macro-F1 {f1:.4f}")
 
 
-def test_sandboxed_evaluation_time_and_memory_caps(bwrap_ok, course: Path, good_model) -> None:
-    jdir = _jdir()
+def test_sandboxed_evaluation_time_and_memory_caps(bwrap_ok, course: Path, good_model, new_jdir) -> None:
+    jdir = new_jdir()
     model = cf.write_good(jdir / "submitted.pt", good_model)
     cfg_path = capstone.folder(course, LAB) / "config.json"
     saved = cfg_path.read_text()
@@ -234,7 +244,7 @@ def test_sandboxed_evaluation_time_and_memory_caps(bwrap_ok, course: Path, good_
         assert row["problem"] == "evaluating model.pt took longer than 0 s and was stopped" and verdict["points"] == 0
     finally:
         cfg_path.write_text(saved)
-    row, verdict = capstone.evaluate_job(course, LAB, str(model), _jdir(), _ticket(mem_bytes=48 * 1024 ** 2), 10)
+    row, verdict = capstone.evaluate_job(course, LAB, str(model), new_jdir(), _ticket(mem_bytes=48 * 1024 ** 2), 10)
     assert row["problem"].startswith("model.pt could not be evaluated") and verdict["points"] == 0
 
 
