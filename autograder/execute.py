@@ -15,11 +15,19 @@ process to 4 GB in 20 s. So the bytes of output are counted as they arrive; past
 ``max_output_bytes`` for the notebook, further output is read and dropped (never queued: a
 consumer that stopped reading would leave the messages in ZeroMQ's queue), the cell gets a
 one-line ``OutputLimit`` error, and the kernel is stopped after that cell like a timed-out one.
+
+A single message is only counted once it has been received whole, though: one ``display`` of a
+300 MB string made this process hold 970 MB (the frame, then the decoded JSON). So ZeroMQ itself
+refuses any message frame larger than the cap (``MAXMSGSIZE`` on every socket of the kernel
+client): it drops the frame and the connection, which then reconnects. A monitor on the client's
+sockets sees the disconnect, and the cell gets the same ``OutputLimit`` error and stop.
 """
 from __future__ import annotations
 
 from typing import Any
 
+import zmq
+from jupyter_client.manager import AsyncKernelManager
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from traitlets import Integer, Unicode
 from nbclient.util import run_sync
@@ -56,6 +64,19 @@ def message_bytes(msg: dict[str, Any]) -> int:
     return total
 
 
+class CappedKernelManager(AsyncKernelManager):
+    """A kernel manager whose clients refuse any message frame over ``max_message_bytes`` (0: no cap)."""
+
+    max_message_bytes = Integer(0, help="ZeroMQ's MAXMSGSIZE for every socket of the client").tag(config=True)
+
+    def client(self, **kwargs: Any):
+        kc = super().client(**kwargs)
+        if self.max_message_bytes > 0:
+            # a default of the client's own context: its sockets do not exist yet (start_channels makes them)
+            kc.context.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
+        return kc
+
+
 class GuardedExecute(Execute):
     """:class:`nbgrader.preprocessors.Execute` that never lets one cell stop the notebook, and never lets the
     kernel's output grow this process beyond ``max_output_bytes``."""
@@ -67,16 +88,34 @@ class GuardedExecute(Execute):
     max_output_bytes = Integer(64 * 1024 ** 2, help="bytes of output the whole notebook may send while it runs; "
                                "past them output is dropped and the kernel stopped after the cell").tag(config=True)
 
+    _monitors: list | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # nbgrader's Execute passes AsyncKernelManager itself unless told otherwise
+        kwargs.setdefault("kernel_manager_class", CappedKernelManager)
+        super().__init__(*args, **kwargs)
+
+    def create_kernel_manager(self):
+        km = super().create_kernel_manager()
+        if isinstance(km, CappedKernelManager):
+            # a frame larger than the whole notebook's allowance could only be dropped once received
+            km.max_message_bytes = self.max_output_bytes + 2 ** 20
+        return km
+
     def preprocess(self, nb, resources=None, km=None):
         # The kernel works in a folder of its own, never in the folder nbgrader writes the graded
         # notebook to: a symlink planted there by student code would otherwise be followed by
         # nbgrader (as the grader's user) when it saves the result.
         self._stopped = None
         self._received, self._flooded_cell = 0, None
+        self._monitors = None
         if self.workdir:
             resources = dict(resources or {})
             resources["metadata"] = dict(resources.get("metadata") or {}, path=self.workdir)
-        return super().preprocess(nb, resources, km)
+        try:
+            return super().preprocess(nb, resources, km)
+        finally:
+            self._close_monitors()
 
     def preprocess_cell(self, cell, resources, index):
         if cell.cell_type != "code":
@@ -84,13 +123,21 @@ class GuardedExecute(Execute):
         if self._stopped is not None:
             cell.outputs = [_error("NotRun", self._stopped)]
             return cell, resources
+        self._watch_connections()
         try:
             cell, resources = super().preprocess_cell(cell, resources, index)
+            if self._flooded_cell is None and self._connection_dropped():
+                self._flood(cell, index, dropped=True)
             if self._flooded_cell == index:
                 self._stop(f"not run: the kernel was stopped in cell {index} (too much output)")
             return cell, resources
         except (CellTimeoutError, DeadKernelError, TimeoutError, RuntimeError) as exc:
             died = isinstance(exc, DeadKernelError)
+            if not died and self._flooded_cell is None and self._connection_dropped():
+                # the dropped frame took the cell's end with it: nbclient timed out waiting for it
+                self._flood(cell, index, dropped=True)
+                self._stop(f"not run: the kernel was stopped in cell {index} (too much output)")
+                return cell, resources
             cell.outputs.append(_error(type(exc).__name__, "the kernel died in this cell" if died else
                                        "no reply after the time limit and the interrupt; the kernel was stopped"))
             self._stop(f"not run: the kernel was stopped in cell {index}")
@@ -104,11 +151,50 @@ class GuardedExecute(Execute):
             self._received += message_bytes(msg)
             if self._received <= self.max_output_bytes:
                 return super().process_message(msg, cell, cell_index)
-            self._flooded_cell = cell_index
-            # first in the cell: the byte caps applied later keep a cell's first error whatever else they cut
-            cell.outputs.insert(0, _error(OUTPUT_LIMIT, f"this notebook sent more than {self.max_output_bytes // 1024 ** 2}"
-                                       " MiB of output; the rest was dropped and the kernel stopped after this cell"))
+            self._flood(cell, cell_index)
         return None  # read and dropped: past the cap nothing more is stored
+
+    def _flood(self, cell: NotebookNode, index: int, dropped: bool = False) -> None:
+        self._flooded_cell = index
+        mib = self.max_output_bytes // 1024 ** 2
+        why = (f"the kernel sent a message larger than {mib} MiB (or broke its connection); it was dropped and the "
+               "kernel stopped after this cell") if dropped else (
+               f"this notebook sent more than {mib} MiB of output; the rest was dropped and the kernel stopped "
+               "after this cell")
+        # first in the cell: the byte caps applied later keep a cell's first error whatever else they cut
+        cell.outputs.insert(0, _error(OUTPUT_LIMIT, why))
+
+    def _watch_connections(self) -> None:
+        """Monitor the client's iopub and shell sockets for a disconnect (ZeroMQ drops a connection that
+        carried a frame over ``MAXMSGSIZE``); started once the client exists, before the first cell runs."""
+        if self._monitors is not None or self.kc is None:
+            return
+        self._monitors = []
+        for channel in (self.kc.iopub_channel, self.kc.shell_channel):
+            sock = getattr(channel, "socket", None)
+            if sock is not None:
+                self._monitors.append((sock, sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)))
+
+    def _connection_dropped(self) -> bool:
+        for _, monitor in self._monitors or ():
+            try:
+                if monitor.get(zmq.EVENTS) & zmq.POLLIN:
+                    return True
+            except zmq.ZMQError:  # the client's context is already gone: nothing more to learn
+                pass
+        return False
+
+    def _close_monitors(self) -> None:
+        for sock, monitor in self._monitors or ():
+            try:
+                sock.disable_monitor()
+            except zmq.ZMQError:
+                pass
+            try:
+                monitor.close(linger=0)
+            except zmq.ZMQError:
+                pass
+        self._monitors = None
 
     def _stop(self, why: str) -> None:
         self._stopped = why

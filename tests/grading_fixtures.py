@@ -428,6 +428,11 @@ _s = 'x' * 2_000_000
 for _i in range(400):
     display({'text/plain': _s}, raw=True)
 print('flood' + ' sent')"""
+# One 300 MB message: counted only once received whole, it made the grading process hold 970 MB; ZeroMQ's
+# MAXMSGSIZE now drops it before it is read (red-team follow-up, 2026-12-07)
+HUGE_MESSAGE = """from IPython.display import display
+display({'text/plain': 'y' * 300_000_000}, raw=True)
+print('huge' + ' sent')"""
 # A page-wide stylesheet hiding every output, a forged verdict in a box covering the page and an SVG drawing
 # over what is above it: with them, the feedback page of a wrong answer would show only the forged verdict
 # (red-team pass, 2026-12-07)
@@ -527,6 +532,7 @@ def attack_class(lab: str, source: dict, release: dict, escape: dict, sleep_mark
     out["huge_line"] = Case(insert_after(ref, "setup", "print('x' * 100_000_000)"), problem="sent too much output")
     # points come from the probe, so the reference keeps them; the kernel is stopped after the flood
     out["output_flood"] = Case(insert_after(ref, "setup", OUTPUT_FLOOD), problem="sent too much output")
+    out["huge_message"] = Case(insert_after(ref, "setup", HUGE_MESSAGE), problem="sent too much output")
     out["deep_tree"] = Case(insert_after(ref, "setup", DEEP_TREE))
     out["deep_tree_probe"] = Case(replace_solution(ref, names[0], DEEP_TREE + "\n" + code0))
     out["fill_disk"] = Case(insert_after(ref, "setup", FILL_DISK))

@@ -383,6 +383,18 @@ def test_an_output_flood_is_dropped_while_the_cell_runs(tiny_graded):
     assert "flood sent" not in page  # the cell's output after the cap was dropped (its source spells it apart)
 
 
+def test_one_message_over_the_cap_is_never_read(tiny_graded):
+    """A single 300 MB display (gf.HUGE_MESSAGE) is refused by ZeroMQ before this process reads it (970 MB
+    held without MAXMSGSIZE): the cell says so first, and the kernel is stopped after it."""
+    state = lambda s: json.loads((tiny_graded["out"] / ".state" / s / f"{gf.TINY_LAB}.json").read_text())["result"]
+    huge, ref = state("huge_message"), state("reference")
+    assert huge["peak_rss_mb"] - ref["peak_rss_mb"] < 256, (huge["peak_rss_mb"], ref["peak_rss_mb"])
+    assert huge["raw_score"] == ref["raw_score"] == 3.0
+    page = _feedback(tiny_graded, "huge_message")
+    assert "OutputLimit" in page and "a message larger than 64 MiB" in page
+    assert "not run: the kernel was stopped" in page and "yyyyyyyy" not in page and "huge sent" not in page
+
+
 def test_nothing_the_probe_writes_is_echoed_to_the_student(tiny_graded):
     import re
 
