@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from labkit.layers import MaxPool2x2
 from labkit.vgg import (SLIM_CFG, VGG, VGG_CFGS, check_positive_int, scale_cfg, slim_vgg, vgg,
                         whitening_weights)
 
@@ -145,7 +146,7 @@ def simple_cnn(num_classes: int = 10, width: int = 32, depth: int = 3) -> nn.Mod
     for i in range(depth):
         c_out = width * 2**i
         layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
-                   nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+                   nn.ReLU(inplace=True), MaxPool2x2()]
         c_in = c_out
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes)]
     return nn.Sequential(*layers)

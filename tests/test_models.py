@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from labkit.layers import MaxPool2x2
 from labkit import models
 from labkit.models import VGG, VGG_CFGS, build_model, scale_cfg, vgg
 
@@ -38,7 +39,8 @@ def test_vgg_each_depth_forward_and_cfg_round_trip(depth):
 def test_vgg_layer_structure_and_init():
     m = vgg(11, width=0.125)
     kinds = [type(x) for x in m.feature]
-    assert kinds[:4] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d]
+    assert kinds[:4] == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, MaxPool2x2]  # an nn.MaxPool2d(2, 2), faster at inference
+    assert isinstance(m.feature[3], nn.MaxPool2d)
     for c in convs(m):
         assert c.bias is None and c.kernel_size == (3, 3) and c.padding == (1, 1)
     for bn in (x for x in m.modules() if isinstance(x, nn.BatchNorm2d)):
