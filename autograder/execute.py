@@ -12,9 +12,9 @@ but every output message the kernel sends is kept by nbclient in *this* (trusted
 process while the cell runs; the byte caps of :mod:`autograder.output_caps` only apply after the
 notebook ran. A cell re-sending one 10 MB string in a loop costs the kernel nothing and grew this
 process to 4 GB in 20 s. So the bytes of output are counted as they arrive; past
-``max_output_bytes`` for the notebook, further output is read and dropped (never queued: a
-consumer that stopped reading would leave the messages in ZeroMQ's queue), the cell gets a
-one-line ``OutputLimit`` error, and the kernel is stopped after that cell like a timed-out one.
+``max_output_bytes`` for the notebook, the kernel is killed at once, what it had already sent is
+read and dropped, the cell gets a one-line ``OutputLimit`` error, and the later cells are not run,
+as after a timed-out cell.
 
 A single message is only counted once it has been received whole, though: one ``display`` of a
 300 MB string made this process hold 970 MB (the frame, then the decoded JSON). So ZeroMQ itself
@@ -86,7 +86,7 @@ class GuardedExecute(Execute):
     _flooded_cell: int | None = None
     workdir = Unicode("", help="the kernel's working folder (default: the notebook's own folder)").tag(config=True)
     max_output_bytes = Integer(64 * 1024 ** 2, help="bytes of output the whole notebook may send while it runs; "
-                               "past them output is dropped and the kernel stopped after the cell").tag(config=True)
+                               "past them the kernel is killed and what it sent is dropped").tag(config=True)
 
     _monitors: list | None = None
 
@@ -133,6 +133,9 @@ class GuardedExecute(Execute):
             return cell, resources
         except (CellTimeoutError, DeadKernelError, TimeoutError, RuntimeError) as exc:
             died = isinstance(exc, DeadKernelError)
+            if self._flooded_cell == index:  # killed for its output (process_message): its error is in place
+                self._stop(f"not run: the kernel was stopped in cell {index} (too much output)")
+                return cell, resources
             if not died and self._flooded_cell is None and self._connection_dropped():
                 # the dropped frame took the cell's end with it: nbclient timed out waiting for it
                 self._flood(cell, index, dropped=True)
@@ -152,15 +155,27 @@ class GuardedExecute(Execute):
             if self._received <= self.max_output_bytes:
                 return super().process_message(msg, cell, cell_index)
             self._flood(cell, cell_index)
+            self._kill_now()
         return None  # read and dropped: past the cap nothing more is stored
+
+    def _kill_now(self) -> None:
+        """SIGKILL the kernel's process at once (the sandbox's bwrap; its inside dies with it): a kernel left
+        running until the cell ends keeps sending, and what ZeroMQ queued for this process (up to a
+        thousand messages) would be held here however fast the rest is dropped."""
+        proc = getattr(getattr(self.km, "provisioner", None), "process", None)
+        if proc is not None:
+            try:
+                proc.kill()
+            except (OSError, AttributeError):
+                pass
 
     def _flood(self, cell: NotebookNode, index: int, dropped: bool = False) -> None:
         self._flooded_cell = index
         mib = self.max_output_bytes // 1024 ** 2
         why = (f"the kernel sent a message larger than {mib} MiB (or broke its connection); it was dropped and the "
                "kernel stopped after this cell") if dropped else (
-               f"this notebook sent more than {mib} MiB of output; the rest was dropped and the kernel stopped "
-               "after this cell")
+               f"this notebook sent more than {mib} MiB of output; the kernel was stopped here and the rest "
+               "dropped")
         # first in the cell: the byte caps applied later keep a cell's first error whatever else they cut
         cell.outputs.insert(0, _error(OUTPUT_LIMIT, why))
 
