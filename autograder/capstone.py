@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from autograder.logs import printable_line
 from autograder.model_eval import MAX_MODEL_BYTES
 from labkit.files import write_text
 
@@ -227,15 +228,6 @@ def _read_record(path: Path, limit: int) -> bytes | None:
             raise OSError(f"{path.name} is not a regular file")
         raw = f.read(limit + 1)
     return None if len(raw) > limit else raw
-
-
-def printable_line(text: Any, limit: int = 300) -> str:
-    """``text`` on one line of printable characters (others become '?'), at most ``limit`` long.
-
-    Problem lines quote what a model file holds (state-dict keys): a terminal escape in them must
-    not reach the instructor's terminal or spreadsheet.
-    """
-    return "".join(c if c.isprintable() else "?" for c in str(text))[:limit]
 
 
 def _checked(record: dict, n: int, num_classes: int) -> tuple[dict, str | None]:

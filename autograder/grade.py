@@ -32,7 +32,7 @@ from autograder import notebook as nbu
 from autograder.collect import Job, collect
 from autograder.errors import GradingError
 from autograder.job import lab_cells, make_ticket, remove_tree
-from autograder.logs import last_line
+from autograder.logs import cap_lines, last_line
 from autograder.submission import load_notebook, notebook_grade_ids
 
 JOB_TIMEOUT_S = 600
@@ -146,7 +146,7 @@ def _run_worker(ticket_path: Path, timeout: float, env: dict) -> dict:
         reason = f"grader process exited with code {proc.returncode}: {last_line(log.read_text(errors='replace')[-300:])}"
     job = ticket["job"]
     return {"student": job["student"], "lab": job["lab"], "graded": False, "cells": {},
-            "problems": job["problems"] + [reason]}
+            "problems": cap_lines(job["problems"] + [reason])}
 
 
 def _die_with_parent() -> None:

@@ -35,7 +35,7 @@ from typing import Any
 from autograder import capstone
 from autograder import notebook as nbu
 from autograder.collect import Job
-from autograder.logs import error_line, last_line
+from autograder.logs import cap_lines, error_line, last_line
 from labkit.files import write_text
 from autograder.submission import load_notebook, sanitize_notebook
 
@@ -373,7 +373,7 @@ def run_job(ticket: dict) -> dict:
     result["seconds"] = round(time.perf_counter() - t0, 3)
     # this grading process's own peak memory (sandboxes excluded): bounded whatever the kernel sends
     result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    result["problems"] = job.problems
+    result["problems"] = cap_lines(job.problems)
     return result
 
 

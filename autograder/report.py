@@ -10,6 +10,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+from autograder.logs import cap_lines, printable_line
 from labkit.files import write_text
 
 GRADES_COLUMNS = ["assignment", "duedate", "timestamp", "student_id", "last_name", "first_name", "email",
@@ -46,7 +47,7 @@ def write_outputs(results: dict[tuple[str, str], dict], cells_of: dict[str, list
                      "student_id": student, "last_name": "", "first_name": "", "email": "",
                      "raw_score": fmt(raw), "late_submission_penalty": fmt(pen), "score": fmt(max(0.0, raw - pen)),
                      "max_score": fmt(float(sum(c["max_score"] for c in cells_of[lab]))), "status": status,
-                     "problems": "; ".join(dict.fromkeys(r.get("problems", [])))})
+                     "problems": "; ".join(cap_lines(r.get("problems", [])))})
     write_csv(out / "grades.csv", GRADES_COLUMNS, [[row[k] for k in GRADES_COLUMNS] for row in rows])
     write_csv(out / "cell_scores.csv", CELL_COLUMNS, cell_rows)
     return rows
@@ -66,11 +67,17 @@ def _inert(cell: Any) -> Any:
     return cell
 
 
+def _one_line(cell: Any) -> Any:
+    """Text without control characters: a bare CR is a row break to a spreadsheet, yet Python's csv
+    module does not quote it (a student id ``x\r=1+1`` became a live formula on its own row)."""
+    return printable_line(cell, limit=len(cell)) if isinstance(cell, str) and not cell.isprintable() else cell
+
+
 def write_csv(path: Path, header: list[str], rows: list[list]) -> None:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(header)
-    w.writerows([[_inert(c) for c in row] for row in rows])
+    w.writerows([[_inert(_one_line(c)) for c in row] for row in rows])
     write_text(path, buf.getvalue())
 
 
@@ -110,10 +117,11 @@ def summary_table(rows: list[dict]) -> str:
     """A plain-text table: one line per (student, lab) with score / max and problems."""
     if not rows:
         return "no submissions found"
-    w = max(len(r["student_id"]) for r in rows + [{"student_id": "student"}])
+    ids = {r["student_id"]: printable_line(r["student_id"], 80) for r in rows}  # no escapes to the terminal
+    w = max(len(s) for s in [*ids.values(), "student"])
     lw = max(len(r["assignment"]) for r in rows + [{"assignment": "lab"}])
     lines = [f"{'student':<{w}}  {'lab':<{lw}}  {'score':>7} / {'max':<5}  problems"]
     for r in rows:
-        lines.append(f"{r['student_id']:<{w}}  {r['assignment']:<{lw}}  {float(r['score']):7.2f} / "
-                     f"{float(r['max_score']):<5.1f}  {r['problems'] or '-'}")
+        lines.append(f"{ids[r['student_id']]:<{w}}  {r['assignment']:<{lw}}  {float(r['score']):7.2f} / "
+                     f"{float(r['max_score']):<5.1f}  {printable_line(r['problems'], 1000) or '-'}")
     return "\n".join(lines)

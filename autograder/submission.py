@@ -21,6 +21,7 @@ import stat
 from pathlib import Path
 
 from autograder import notebook as nbu
+from autograder.logs import ProblemLines
 
 MiB = 1024 ** 2
 MAX_NOTEBOOK_BYTES = 32 * MiB
@@ -218,7 +219,7 @@ def clean_structure(nb: object) -> tuple[dict, list[str]]:
     nbgrader dicts, sources become strings, code outputs are cleared. Grade ids are not checked
     against the course here (:func:`sanitize_notebook` does).
     """
-    problems: list[str] = []
+    problems = ProblemLines(keep=10)  # a million junk cells: ten lines and a count, not a million lines
     cells = nb.get("cells") if isinstance(nb, dict) else None
     if not isinstance(cells, list):
         problems.append("no 'cells' list; graded as an empty notebook")
@@ -227,7 +228,7 @@ def clean_structure(nb: object) -> tuple[dict, list[str]]:
     _fix_cell_ids(clean)
     out = {"cells": clean, "metadata": _clean_nb_meta(nb.get("metadata") if isinstance(nb, dict) else None),
            "nbformat": 4, "nbformat_minor": 5}
-    return out, problems
+    return out, problems.lines()
 
 
 def _source_cells(source_nb: dict) -> list[tuple[str, str, dict]]:

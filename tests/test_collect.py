@@ -130,6 +130,17 @@ def test_sanitize_malformed_cells_exact_problems_and_valid_result():
     assert S.nbgrader_meta(clean["cells"][9]) == S.nbgrader_meta(gf.tiny_notebook()["cells"][8])  # points: 1
 
 
+def test_a_million_junk_cells_give_ten_problem_lines_and_a_count():
+    """Red-team pass, 2026-12-07: one line per junk cell made 167 MB of grades.csv from a 7.6 MiB notebook."""
+    nb = gf.tiny_notebook()
+    nb["cells"] = nb["cells"] + [0] * 1_000_000
+    clean, problems = S.sanitize_notebook(nb, gf.tiny_notebook())
+    first = len(gf.tiny_notebook()["cells"]) + 1  # cells are numbered from 1
+    assert problems == [f"cell {k}: not a JSON object; dropped" for k in range(first, first + 10)] + [
+        "... and 999990 more like these"]
+    assert len(clean["cells"]) == len(gf.tiny_notebook()["cells"])
+
+
 def test_sanitize_keeps_only_valid_tags_and_attachments():
     nb = _nb()
     nb["cells"][0]["metadata"]["tags"] = ["a,b"]
