@@ -4,7 +4,8 @@ The pipeline (:func:`grade`):
 
 1. :mod:`autograder.collect` turns a folder or an LMS zip into jobs (bad input becomes a job's
    problem line, never an exception for the class);
-2. each job runs in its own worker process (``python -m autograder.worker TICKET``) through
+2. each job runs in its own worker process (forked by an :mod:`autograder.launcher` that imported
+   the grading code once, else ``python -m autograder.worker TICKET``) through
    :mod:`autograder.job`: nbgrader executes the notebook in the sandbox, the hidden checks run
    in a second sandbox, the judge scores them against the reference;
 3. finished results are kept in ``<out>/.state/`` keyed by a hash of the submission and the
@@ -16,6 +17,7 @@ Submissions are copied only into a private work folder outside ``--out`` (delete
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -32,6 +34,7 @@ from autograder import notebook as nbu
 from autograder.collect import Job, collect
 from autograder.errors import GradingError
 from autograder.job import lab_cells, make_ticket, remove_tree
+from autograder.launcher import LauncherDied, LauncherPool, die_with_parent
 from autograder.logs import cap_lines, last_line
 from autograder.submission import load_notebook, notebook_grade_ids
 
@@ -119,21 +122,38 @@ def _resumed(out: Path, job: Job, key: str) -> dict | None:
     return saved["result"] if saved.get("key") == key else None
 
 
-def _run_worker(ticket_path: Path, timeout: float, env: dict) -> dict:
-    """Run one ticket in a fresh process; any failure becomes the job's problem."""
+def _run_worker(ticket_path: Path, timeout: float, env: dict, launchers: LauncherPool | None = None) -> dict:
+    """Run one ticket in a process of its own (forked by a launcher of ``launchers``, else a fresh
+    ``python -m autograder.worker``); any failure becomes the job's problem."""
     ticket = json.loads(ticket_path.read_text())
     log = ticket_path.with_suffix(".log")
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "autograder.worker", str(ticket_path)], stdout=fh,
-                                stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                preexec_fn=_die_with_parent)
+    too_long = f"grading took longer than {timeout:.0f} s and was stopped"
+    returncode, reason, ran = None, None, False
+    launcher = launchers.acquire() if launchers is not None else None
+    if launcher is not None:
         try:
-            proc.wait(timeout=timeout)
-            reason = None
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait()
-            reason = f"grading took longer than {timeout:.0f} s and was stopped"
+            returncode = launcher.run(ticket_path, log, timeout)
+            ran = True
+            reason = too_long if returncode is None else None
+            launchers.release(launcher)
+        except LauncherDied as exc:
+            launchers.release(launcher, alive=False)
+            if exc.pid is not None:  # the job had started: its process died with the launcher
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(exc.pid, 9)
+                ran, reason = True, f"the grading process was lost ({exc})"
+    if not ran:
+        with open(log, "wb") as fh:
+            proc = subprocess.Popen([sys.executable, "-m", "autograder.worker", str(ticket_path)], stdout=fh,
+                                    stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                    preexec_fn=die_with_parent)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+                reason = too_long
+            returncode = proc.returncode
     if ticket.get("sandbox", True):
         from autograder.limits import Limits
 
@@ -143,18 +163,10 @@ def _run_worker(ticket_path: Path, timeout: float, env: dict) -> dict:
     if reason is None and result_path.is_file():
         return json.loads(result_path.read_text())
     if reason is None:
-        reason = f"grader process exited with code {proc.returncode}: {last_line(log.read_text(errors='replace')[-300:])}"
+        reason = f"grader process exited with code {returncode}: {last_line(log.read_text(errors='replace')[-300:])}"
     job = ticket["job"]
     return {"student": job["student"], "lab": job["lab"], "graded": False, "cells": {},
             "problems": cap_lines(job["problems"] + [reason])}
-
-
-def _die_with_parent() -> None:
-    """In a worker, before exec: SIGKILL when the grader dies (its sandboxes die with it)."""
-    import ctypes
-    import signal
-
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _worker_env() -> dict:
@@ -316,15 +328,22 @@ def _run_jobs(jobs: list[Job], course: Path, work: Path, out: Path, gradebook: P
         from tqdm import tqdm
 
         bar = tqdm(total=len(todo), desc="grading", unit="nb", file=sys.stdout, disable=not todo)
-    with ThreadPoolExecutor(max_workers=max(1, int(workers or os.cpu_count() or 1))) as pool:
-        futures = {pool.submit(_run_worker, ticket, job_timeout + 60, env): (job, key) for ticket, job, key in todo}
-        for fut in as_completed(futures):
-            job, key = futures[fut]
-            r = fut.result()
-            results[(job.student, job.lab)] = r
-            nbu.write_json_atomic(_state_path(out, job), {"key": key, "result": r})
-            if bar is not None:
-                bar.update(1)
+    n_workers = max(1, int(workers or os.cpu_count() or 1))
+    launchers = None if os.environ.get("AUTOGRADER_NO_LAUNCHER") or not todo else LauncherPool(n_workers, env, work)
+    try:
+        with ThreadPoolExecutor(max_workers=n_workers) as pool:
+            futures = {pool.submit(_run_worker, ticket, job_timeout + 60, env, launchers): (job, key)
+                       for ticket, job, key in todo}
+            for fut in as_completed(futures):
+                job, key = futures[fut]
+                r = fut.result()
+                results[(job.student, job.lab)] = r
+                nbu.write_json_atomic(_state_path(out, job), {"key": key, "result": r})
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if launchers is not None:
+            launchers.close()
     if bar is not None:
         bar.close()
     return results
