@@ -259,6 +259,12 @@ def _flat_jobs(root: Path, labs: list[str], only_lab: str | None, rejected: dict
 
 # ------------------------------------------------------------------------------- the class
 
+def _holds_a_lab(folder: Path, lab_names: set[str], rejected: dict[Path, str]) -> bool:
+    """Whether ``folder`` has a lab-named folder in it (it looks like a student's folder)."""
+    return any(kind in ("dir", "link", "rejected") and name in lab_names
+               for name, kind in scan(folder, rejected).items())
+
+
 def _unwrap(dest: Path, labs: list[str], rejected: dict[Path, str]) -> Path:
     """``dest``, or the single folder wrapping everything in it (``download/<student>/<lab>/…``)."""
     entries = {n: k for n, k in scan(dest, rejected).items() if not n.startswith(".")}
@@ -269,8 +275,13 @@ def _unwrap(dest: Path, labs: list[str], rejected: dict[Path, str]) -> Path:
     if kind != "dir":
         return dest
     inside = scan(inner, rejected)
-    if any(inside.get(lab) in ("dir", "link", "rejected") for lab in [*labs, *nbu.LAB_IDS]):
-        return dest  # a zip of one student's folder
+    lab_names = {*labs, *nbu.LAB_IDS}
+    if any(inside.get(lab) in ("dir", "link", "rejected") for lab in lab_names) and not any(
+            kind == "dir" and name not in lab_names and _holds_a_lab(inner / name, lab_names, rejected)
+            for name, kind in inside.items()):
+        # a zip of one student's folder. (A lab-named entry beside folders that hold labs themselves is a
+        # student whose id is a lab's name: a red-team pass made the whole class one student "download".)
+        return dest
     if is_flat(inner, rejected) or "dir" in inside.values():
         return inner
     return dest

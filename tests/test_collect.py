@@ -96,6 +96,26 @@ def test_zip_of_folder_and_canvas_fixture_style(tmp_path):
     assert [(j.student, j.lab, j.problems) for j in jobs] == [("s1001", LAB, []), ("s1002", LAB, [])]
 
 
+def test_a_student_id_equal_to_a_lab_id_does_not_make_the_class_one_student(tmp_path):
+    """Red-team pass, 2026-12-07: in ``download/{alice,bob,lab2_knowledge_distillation}/<lab>/…`` the
+    lab-named folder made the whole zip one student "download" (alice and bob got no row at all)."""
+    subs = tmp_path / "class"
+    for student in ("alice", "bob", "lab2_knowledge_distillation"):
+        gf.write_submission(subs, student, LAB, _nb())
+    z = tmp_path / "tree.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        for p in subs.rglob("*.ipynb"):
+            zf.write(p, Path("download") / p.relative_to(subs))
+    assert {s: _outcome(j) for s, j in _collect(z, tmp_path).items()} == {
+        "alice": (True, []), "bob": (True, []), "lab2_knowledge_distillation": (True, [])}
+    # still one student's folder when only labs (and folders that hold none) are inside
+    one = tmp_path / "one.zip"
+    with zipfile.ZipFile(one, "w") as zf:
+        zf.writestr(f"alice/{LAB}/{LAB}.ipynb", json.dumps(_nb()))
+        zf.writestr("alice/data/notes.txt", "not a lab")
+    assert list(_collect(one, tmp_path / "w1")) == ["alice"]
+
+
 # ------------------------------------------------------------------ 1. malformed cells, grade ids
 
 def _malformed() -> dict:
