@@ -11,6 +11,7 @@ destination folder and no symlink is ever created.
 from __future__ import annotations
 
 import calendar
+import contextlib
 import errno
 import os
 import zipfile
@@ -73,54 +74,69 @@ def _too_many(zname: str, n: int, limits: ZipLimits) -> GradingError:
                         f"(ZipLimits.max_members); {_LIMIT_HINT}")
 
 
-def _check_declared(zname: str, plan: list[tuple[zipfile.ZipInfo, Path]], limits: ZipLimits) -> None:
-    """Refuse a zip whose headers already announce a bomb (sizes, ratio, member count)."""
-    total = 0
-    for info, _ in plan:
+class MemberRefused(Exception):
+    """One member breaks a per-member limit: it is not extracted, and its student's row says why."""
+
+
+def _check_declared(zname: str, plan: list[tuple[zipfile.ZipInfo, Path]], limits: ZipLimits,
+                    rejected: dict[Path, str]) -> list[tuple[zipfile.ZipInfo, Path]]:
+    """The plan without the members whose headers break a per-member limit (size, ratio), which go to
+    ``rejected``: one student's oversized or bomb-like file is that student's problem, never the class's
+    (red-team pass, 2026-12-07: one 65 MiB file stopped a whole Moodle download). GradingError when what
+    is left announces more than the total limit."""
+    total, kept = 0, []
+    for info, target in plan:
         if info.is_dir() or _is_zip_symlink(info):
+            kept.append((info, target))
             continue
         size = info.file_size
-        if size > limits.max_member_bytes:
-            raise GradingError(f"{zname}: member {info.filename!r} unpacks to {size / MiB:.1f} MiB, over the "
-                               f"{limits.max_member_bytes / MiB:g} MiB per-member limit "
-                               f"(ZipLimits.max_member_bytes); {_LIMIT_HINT}")
         ratio = size / max(info.compress_size, 1)
-        if size > limits.ratio_min_bytes and ratio > limits.max_ratio:
-            raise GradingError(f"{zname}: member {info.filename!r} is compressed {ratio:.0f}:1, over the "
-                               f"{limits.max_ratio:g}:1 limit (ZipLimits.max_ratio; a zip bomb?); {_LIMIT_HINT}")
-        total += size
+        if size > limits.max_member_bytes:
+            rejected[target] = (f"zip member {info.filename!r} unpacks to {size / MiB:.1f} MiB, over the "
+                                f"{limits.max_member_bytes / MiB:g} MiB per-file limit; not extracted")
+        elif size > limits.ratio_min_bytes and ratio > limits.max_ratio:
+            rejected[target] = (f"zip member {info.filename!r} is compressed {ratio:.0f}:1, over the "
+                                f"{limits.max_ratio:g}:1 limit (a zip bomb?); not extracted")
+        else:
+            total += size
+            kept.append((info, target))
+            continue
+        with contextlib.suppress(OSError):  # its folder exists, so the student still gets a row saying why
+            target.parent.mkdir(parents=True, exist_ok=True)
     if total > limits.max_total_bytes:
         raise GradingError(f"{zname}: unpacks to {total / MiB:.1f} MiB in all, over the "
                            f"{limits.max_total_bytes / MiB:g} MiB limit (ZipLimits.max_total_bytes); {_LIMIT_HINT}")
+    return kept
 
 
 def _copy_limited(src: BinaryIO, fd: int, caps: list[tuple[int, str]]) -> int:
     """Copy ``src`` to ``fd`` counting the bytes that actually come out; returns the count.
 
-    ``caps`` is ``[(max bytes, message)]``; past the smallest, GradingError with the message of the
-    first cap exceeded. Counting here, not trusting the header, stops a member that lies about its size.
+    ``caps`` is ``[(max bytes, message, class-wide)]``; past the smallest, the first cap exceeded raises
+    GradingError with its message if it is class-wide, else :class:`MemberRefused`. Counting here, not
+    trusting the header, stops a member that lies about its size.
     """
-    limit = min(cap for cap, _ in caps)
+    limit = min(cap for cap, _, _ in caps)
     n = 0
     while chunk := src.read(CHUNK):
         n += len(chunk)
         if n > limit:
-            raise GradingError(next(msg for cap, msg in caps if n > cap))
+            msg, whole = next((msg, whole) for cap, msg, whole in caps if n > cap)
+            raise GradingError(msg) if whole else MemberRefused(msg)
         view = memoryview(chunk)
         while view:
             view = view[os.write(fd, view):]
     return n
 
 
-def _member_caps(zname: str, info: zipfile.ZipInfo, budget: int, limits: ZipLimits) -> list[tuple[int, str]]:
+def _member_caps(zname: str, info: zipfile.ZipInfo, budget: int, limits: ZipLimits) -> list[tuple[int, str, bool]]:
     name = info.filename
-    return [(info.file_size, f"{zname}: member {name!r} unpacks to more than the {info.file_size} bytes its "
-                             "header says: a corrupt or hostile zip; not graded"),
-            (limits.max_member_bytes, f"{zname}: member {name!r} unpacks to over the "
-                                      f"{limits.max_member_bytes / MiB:g} MiB per-member limit "
-                                      f"(ZipLimits.max_member_bytes); {_LIMIT_HINT}"),
+    return [(info.file_size, f"zip member {name!r} unpacks to more than the {info.file_size} bytes its header "
+                             "says (corrupt or hostile); not extracted", False),
+            (limits.max_member_bytes, f"zip member {name!r} unpacks to over the "
+                                      f"{limits.max_member_bytes / MiB:g} MiB per-file limit; not extracted", False),
             (budget, f"{zname}: unpacks to over the {limits.max_total_bytes / MiB:g} MiB limit "
-                     f"(ZipLimits.max_total_bytes); {_LIMIT_HINT}")]
+                     f"(ZipLimits.max_total_bytes); {_LIMIT_HINT}", True)]
 
 
 def _set_mtime(target: Path, info: zipfile.ZipInfo) -> None:
@@ -136,12 +152,12 @@ def _set_mtime(target: Path, info: zipfile.ZipInfo) -> None:
 _MEMBER_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError, ValueError, OSError)
 
 
-def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, caps: list[tuple[int, str]],
+def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, caps: list[tuple[int, str, bool]],
                     rejected: dict[Path, str]) -> int:
     """Extract one file member to ``target`` (a new regular file); returns the bytes written.
 
     Symlink, encrypted, corrupt and unwritable members are recorded in ``rejected`` (their job's
-    problem); limit breaches and a full disk raise GradingError.
+    problem), and so are members over a per-member limit; the total limit and a full disk raise GradingError.
     """
     name = info.filename
     try:
@@ -166,6 +182,9 @@ def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, ca
     except BaseException as exc:
         os.close(fd)
         target.unlink(missing_ok=True)
+        if isinstance(exc, MemberRefused):
+            rejected[target] = str(exc)
+            return 0
         if isinstance(exc, GradingError) or not isinstance(exc, _MEMBER_ERRORS):
             raise
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -196,7 +215,7 @@ def extract_zip(zpath: Path, dest: Path, limits: ZipLimits) -> dict[Path, str]:
         if len(infos) > limits.max_members:
             raise _too_many(zname, len(infos), limits)
         plan = [(info, dest.joinpath(*parts)) for info in infos if (parts := _member_parts(info.filename))]
-        _check_declared(zname, plan, limits)
+        plan = _check_declared(zname, plan, limits, rejected)
         budget = limits.max_total_bytes
         for info, target in plan:
             if info.is_dir():

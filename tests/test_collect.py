@@ -507,18 +507,18 @@ _ZEROS = "unreadable notebook: malformed JSON (JSONDecodeError: Expecting value:
 def test_zip_bomb_is_refused_before_extracting(tmp_path):
     z = _bomb(tmp_path / "bomb.zip", f"alice/{LAB}/{LAB}.ipynb", 300_000_000)
     assert z.stat().st_size < 1 * MiB
-    with pytest.raises(GradingError) as err:
-        C.collect(z, [LAB], tmp_path / "work")
-    assert str(err.value) == (f"bomb.zip: member 'alice/{LAB}/{LAB}.ipynb' unpacks to 286.1 MiB, over the 64 MiB "
-                              f"per-member limit (ZipLimits.max_member_bytes); {archive._LIMIT_HINT}")
-    assert "\n" not in str(err.value) and _files_under(tmp_path / "work") == []
+    job, = C.collect(z, [LAB], tmp_path / "work")
+    assert _outcome(job) == (False, [f"zip member 'alice/{LAB}/{LAB}.ipynb' unpacks to 286.1 MiB, over the 64 MiB "
+                                     "per-file limit; not extracted"])
+    assert _files_under(tmp_path / "work") == []
 
 
 def test_zip_ratio_limit(tmp_path):
     z = _bomb(tmp_path / "ratio.zip", f"alice/{LAB}/{LAB}.ipynb", 8 * MiB)
-    with pytest.raises(GradingError, match=r"^ratio\.zip: member 'alice/tiny_lab/tiny_lab\.ipynb' is compressed "
-                                             r"\d+:1, over the 100:1 limit \(ZipLimits\.max_ratio; a zip bomb\?\)"):
-        C.collect(z, [LAB], tmp_path / "work")
+    job, = C.collect(z, [LAB], tmp_path / "work")
+    assert job.student == "alice" and job.notebook is None and len(job.problems) == 1
+    assert re.fullmatch(r"zip member 'alice/tiny_lab/tiny_lab\.ipynb' is compressed \d+:1, over the 100:1 limit "
+                        r"\(a zip bomb\?\); not extracted", job.problems[0])
     assert _files_under(tmp_path / "work") == []
     jobs = C.collect(z, [LAB], tmp_path / "w2", limits=archive.ZipLimits(max_ratio=1e6))  # raised: extracted
     assert [(j.student, j.problems) for j in jobs] == [("alice", [_ZEROS])]
@@ -536,8 +536,29 @@ def test_zip_total_size_and_member_count_limits(tmp_path):
     with pytest.raises(GradingError) as err:
         C.collect(z, [LAB], tmp_path / "w2", limits=archive.ZipLimits(max_members=2))
     assert str(err.value) == f"class.zip: 3 members, over the limit of 2 (ZipLimits.max_members); {archive._LIMIT_HINT}"
-    with pytest.raises(GradingError, match="per-member limit"):
-        C.collect(z, [LAB], tmp_path / "w3", limits=archive.ZipLimits(max_member_bytes=999))
+    jobs = C.collect(z, [LAB], tmp_path / "w3", limits=archive.ZipLimits(max_member_bytes=999))
+    assert [(j.student, j.notebook, j.problems) for j in jobs] == [
+        (s, None, [f"zip member '{s}/{LAB}/{LAB}.ipynb' unpacks to 0.0 MiB, over the 0.000952721 MiB per-file "
+                   "limit; not extracted"]) for s in "abc"]
+
+
+def test_one_students_oversized_or_bomb_like_file_leaves_the_class_graded(tmp_path):
+    """Red-team pass, 2026-12-07: one 65 MiB file beside a notebook, or one notebook compressed 512:1,
+    stopped the whole run; now that file is refused on its student's row and everyone is graded."""
+    z = tmp_path / "class.zip"
+    with zipfile.ZipFile(z, "w", zipfile.ZIP_DEFLATED) as zf:
+        for student in ("alice", "bob"):
+            zf.writestr(f"{student}/{LAB}/{LAB}.ipynb", json.dumps(_nb()))
+        zf.writestr(f"mallory/{LAB}/{LAB}.ipynb", json.dumps(_nb()))
+        with zf.open(f"mallory/{LAB}/weights_backup.bin", "w") as out:
+            for _ in range(65):
+                out.write(os.urandom(MiB))
+        zf.writestr(f"eve/{LAB}/{LAB}.ipynb", json.dumps(_nb()) + " " * (4 * MiB))  # compresses far past 100:1
+    got = {j.student: _outcome(j) for j in C.collect(z, [LAB], tmp_path / "work")}
+    assert got["alice"] == got["bob"] == (True, [])
+    assert got["mallory"] == (True, [f"zip member 'mallory/{LAB}/weights_backup.bin' unpacks to 65.0 MiB, over the "
+                                     "64 MiB per-file limit; not extracted"])
+    assert got["eve"][0] is False and "over the 100:1 limit (a zip bomb?); not extracted" in got["eve"][1][0]
 
 
 def _patch_central_header(path: Path, size: int, crc: int | None) -> None:
@@ -576,11 +597,12 @@ class _Endless:
 
 def test_copy_limited_counts_the_bytes_that_come_out(tmp_path):
     src = _Endless()
-    with open(tmp_path / "out", "wb") as fh, pytest.raises(GradingError, match="^header lie$"):
-        archive._copy_limited(src, fh.fileno(), [(1000, "header lie"), (64 * MiB, "member"), (512 * MiB, "total")])
+    with open(tmp_path / "out", "wb") as fh, pytest.raises(archive.MemberRefused, match="^header lie$"):
+        archive._copy_limited(src, fh.fileno(), [(1000, "header lie", False), (64 * MiB, "member", False),
+                                                 (512 * MiB, "total", True)])
     assert src.reads == 1 and (tmp_path / "out").stat().st_size == 0
     with open(tmp_path / "out2", "wb") as fh, pytest.raises(GradingError, match="^total$"):
-        archive._copy_limited(src, fh.fileno(), [(64 * MiB, "member"), (3 * MiB, "total")])
+        archive._copy_limited(src, fh.fileno(), [(64 * MiB, "member", False), (3 * MiB, "total", True)])
     assert (tmp_path / "out2").stat().st_size == 3 * MiB
 
 
