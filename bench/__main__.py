@@ -42,7 +42,25 @@ def _grading(smoke: bool) -> list[dict]:
         row.update(status="ok", workers=[1, n], n_submissions=20,
                    result=grading.run(n_submissions=20, workers=(1, n)))
     row["wall_s"] = round(time.perf_counter() - t0, 2)
-    return [row] if smoke else [row, _grading_dask()]
+    return [row] if smoke else [row, _grading_launcher(), _grading_dask()]
+
+
+def _grading_launcher() -> dict:
+    """1 worker: jobs forked by a launcher vs a fresh interpreter per job (:func:`bench.grading.run_launcher`)."""
+    from bench import grading
+
+    row: dict[str, Any] = {"section": "grading", "name": "worker start: forked by a launcher vs a fresh process",
+                           "command": command("grading", False), "machine": machine_info(),
+                           "goal": "ratio > 1, identical CSVs"}
+    t0 = time.perf_counter()
+    try:
+        result = grading.run_launcher(n_submissions=20)
+        row.update(status="ok", result=result, goal_met=result["ratio"] > 1 and result["same_csv"])
+    except Exception as e:  # noqa: BLE001 - the other rows' numbers are kept
+        log(traceback.format_exc())
+        row.update(status="error", error=f"{type(e).__name__}: {e}".splitlines()[0][:500])
+    row["wall_s"] = round(time.perf_counter() - t0, 2)
+    return row
 
 
 def _grading_dask() -> dict:
