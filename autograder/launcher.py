@@ -21,6 +21,7 @@ cannot start or dies, :func:`autograder.grade._run_worker` falls back to a fresh
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -186,6 +187,12 @@ class Launcher:
             exc.pid = pid
             raise
 
+    def kill(self) -> None:
+        """SIGKILL the launcher (its running child dies with it) and reap it."""
+        with contextlib.suppress(OSError):
+            self.proc.kill()
+        self.close()
+
     def close(self) -> None:
         try:
             self.proc.stdin.close()
@@ -245,7 +252,7 @@ class LauncherPool:
         if alive:
             self._idle.put(launcher)
             return
-        launcher.close()
+        launcher.kill()  # a broken launcher may still have a child: SIGKILL takes it along (PR_SET_PDEATHSIG)
         with self._lock:
             self._live -= 1
             self.lost += 1
