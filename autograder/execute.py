@@ -126,20 +126,13 @@ class GuardedExecute(Execute):
         self._watch_connections()
         try:
             cell, resources = super().preprocess_cell(cell, resources, index)
-            if self._flooded_cell is None and self._connection_dropped():
-                self._flood(cell, index, dropped=True)
-            if self._flooded_cell == index:
-                self._stop(f"not run: the kernel was stopped in cell {index} (too much output)")
+            self._stop_if_flooded(cell, index)
             return cell, resources
         except (CellTimeoutError, DeadKernelError, TimeoutError, RuntimeError) as exc:
             died = isinstance(exc, DeadKernelError)
-            if self._flooded_cell == index:  # killed for its output (process_message): its error is in place
-                self._stop(f"not run: the kernel was stopped in cell {index} (too much output)")
-                return cell, resources
-            if not died and self._flooded_cell is None and self._connection_dropped():
-                # the dropped frame took the cell's end with it: nbclient timed out waiting for it
-                self._flood(cell, index, dropped=True)
-                self._stop(f"not run: the kernel was stopped in cell {index} (too much output)")
+            # killed for its output (process_message), or a dropped frame took the cell's end with it and
+            # nbclient timed out waiting: the flood's error, not the timeout's (a death is only a death)
+            if self._stop_if_flooded(cell, index, check_dropped=not died):
                 return cell, resources
             cell.outputs.append(_error(type(exc).__name__, "the kernel died in this cell" if died else
                                        "no reply after the time limit and the interrupt; the kernel was stopped"))
@@ -157,6 +150,15 @@ class GuardedExecute(Execute):
             self._flood(cell, cell_index)
             self._kill_now()
         return None  # read and dropped: past the cap nothing more is stored
+
+    def _stop_if_flooded(self, cell: NotebookNode, index: int, check_dropped: bool = True) -> bool:
+        """Stop the kernel if this cell flooded (counted here, or a frame dropped by ZeroMQ); True if so."""
+        if self._flooded_cell is None and check_dropped and self._connection_dropped():
+            self._flood(cell, index, dropped=True)
+        if self._flooded_cell != index:
+            return False
+        self._stop(f"not run: the kernel was stopped in cell {index} (too much output)")
+        return True
 
     def _kill_now(self) -> None:
         """SIGKILL the kernel's process at once (the sandbox's bwrap; its inside dies with it): a kernel left

@@ -122,38 +122,47 @@ def _resumed(out: Path, job: Job, key: str) -> dict | None:
     return saved["result"] if saved.get("key") == key else None
 
 
+def _run_forked(launchers: LauncherPool, ticket_path: Path, log: Path,
+                timeout: float) -> tuple[int | None, str | None] | None:
+    """``(exit code, problem)`` of the ticket run by a launcher's forked child; None if no launcher ran it."""
+    launcher = launchers.acquire()
+    if launcher is None:
+        return None
+    try:
+        returncode = launcher.run(ticket_path, log, timeout)
+    except LauncherDied as exc:
+        launchers.release(launcher, alive=False)
+        if exc.pid is None:
+            return None  # the job never started: a fresh process runs it
+        with contextlib.suppress(ProcessLookupError, PermissionError):  # it died with the launcher
+            os.killpg(exc.pid, 9)
+        return None, f"the grading process was lost ({exc})"
+    launchers.release(launcher)
+    return returncode, (f"grading took longer than {timeout:.0f} s and was stopped" if returncode is None else None)
+
+
+def _run_fresh(ticket_path: Path, log: Path, timeout: float, env: dict) -> tuple[int | None, str | None]:
+    """``(exit code, problem)`` of the ticket run by a fresh ``python -m autograder.worker``."""
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "autograder.worker", str(ticket_path)], stdout=fh,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                preexec_fn=die_with_parent)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+            return proc.returncode, f"grading took longer than {timeout:.0f} s and was stopped"
+    return proc.returncode, None
+
+
 def _run_worker(ticket_path: Path, timeout: float, env: dict, launchers: LauncherPool | None = None) -> dict:
     """Run one ticket in a process of its own (forked by a launcher of ``launchers``, else a fresh
     ``python -m autograder.worker``); any failure becomes the job's problem."""
     ticket = json.loads(ticket_path.read_text())
     log = ticket_path.with_suffix(".log")
-    too_long = f"grading took longer than {timeout:.0f} s and was stopped"
-    returncode, reason, ran = None, None, False
-    launcher = launchers.acquire() if launchers is not None else None
-    if launcher is not None:
-        try:
-            returncode = launcher.run(ticket_path, log, timeout)
-            ran = True
-            reason = too_long if returncode is None else None
-            launchers.release(launcher)
-        except LauncherDied as exc:
-            launchers.release(launcher, alive=False)
-            if exc.pid is not None:  # the job had started: its process died with the launcher
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(exc.pid, 9)
-                ran, reason = True, f"the grading process was lost ({exc})"
-    if not ran:
-        with open(log, "wb") as fh:
-            proc = subprocess.Popen([sys.executable, "-m", "autograder.worker", str(ticket_path)], stdout=fh,
-                                    stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                    preexec_fn=die_with_parent)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, 9)
-                proc.wait()
-                reason = too_long
-            returncode = proc.returncode
+    ran = _run_forked(launchers, ticket_path, log, timeout) if launchers is not None else None
+    returncode, reason = ran if ran is not None else _run_fresh(ticket_path, log, timeout, env)
     if ticket.get("sandbox", True):
         from autograder.limits import Limits
 

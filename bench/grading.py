@@ -133,7 +133,8 @@ def run_dask(n_submissions: int = 20, dask_workers: int = 2, lab: str | None = N
                     runs.append({"where": where, "workers": kw.get("workers", dask_workers),
                                  **_timed_grade(tmp, where, course, lab, n_submissions, sandbox, **kw)})
         return {"lab": lab, "n_submissions": n_submissions, "sandbox": sandbox, "runs": runs,
-                "ratio": round(runs[0]["seconds"] / runs[1]["seconds"], 3), "same_csv": _same_csvs(tmp / "local", tmp / "dask")}
+                "ratio": round(runs[0]["seconds"] / runs[1]["seconds"], 3),
+                "same_csv": _same_csvs(tmp / "local", tmp / "dask")}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
