@@ -374,8 +374,11 @@ def test_an_output_flood_is_dropped_while_the_cell_runs(tiny_graded):
     state = lambda s: json.loads((tiny_graded["out"] / ".state" / s / f"{gf.TINY_LAB}.json").read_text())["result"]
     flood, ref = state("output_flood"), state("reference")
     assert ref["peak_rss_mb"] > 0
-    # ~800 MB more than the reference's grading process without the cap; with it, at most the 64 MiB kept + copies
-    assert flood["peak_rss_mb"] - ref["peak_rss_mb"] < 256, (flood["peak_rss_mb"], ref["peak_rss_mb"])
+    # ~765 MB more than the reference's grading process without the cap. With it: the 64 MiB kept and its copies
+    # when the notebook is saved, plus whatever ZeroMQ had queued (up to 1,000 messages, unbounded in bytes) when
+    # the kernel was killed, which depends on the machine's load: +70, +148 and +281 MB measured (the last under
+    # the whole suite on 2 cores). Half of the flood is the bound asserted here.
+    assert flood["peak_rss_mb"] - ref["peak_rss_mb"] < 400, (flood["peak_rss_mb"], ref["peak_rss_mb"])
     assert flood["raw_score"] == ref["raw_score"] == 3.0  # points come from the probe, not from this kernel
     page = _feedback(tiny_graded, "output_flood")
     assert "OutputLimit" in page and "more than 64 MiB of output" in page
