@@ -18,6 +18,7 @@ standard ``nn.MaxPool2d`` forward runs.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["MaxPool2x2"]
@@ -35,7 +36,13 @@ class MaxPool2x2(nn.MaxPool2d):
         super().__init__(kernel_size=2, stride=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (isinstance(x, torch.fx.Proxy) or torch.jit.is_scripting() or x.is_quantized or x.dim() < 3
+        if torch.jit.is_scripting():  # TorchScript compiles only this branch (_eager is @jit.unused)
+            return F.max_pool2d(x, 2, 2)  # and knows no super()
+        return self._eager(x)
+
+    @torch.jit.unused
+    def _eager(self, x: torch.Tensor) -> torch.Tensor:
+        if (isinstance(x, torch.fx.Proxy) or x.is_quantized or x.dim() < 3
                 or (torch.is_grad_enabled() and x.requires_grad)):
             return super().forward(x)
         h, w = x.shape[-2:]

@@ -67,3 +67,19 @@ def test_whole_vgg_output_unchanged_by_the_fast_path():
     x = torch.randn(8, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(net(x), slow(x))
+
+
+def test_torchscript_compiles_a_labkit_vgg_and_gives_the_same_logits():
+    """torch.jit.script used to fail on the fast path's FX check; scripted, the standard pool runs."""
+    import warnings
+
+    net = models.vgg(depth=11, width=0.125, num_classes=10).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.script's deprecation notice
+        scripted = torch.jit.script(copy.deepcopy(net))
+        frozen = torch.jit.freeze(torch.jit.script(copy.deepcopy(net)))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = net(x)
+        assert torch.equal(scripted(x), ref)
+        assert torch.allclose(frozen(x), ref, atol=1e-5)  # freezing folds BatchNorm: float rounding
