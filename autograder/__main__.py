@@ -33,6 +33,16 @@ def _lab_arg(value: str | list[str] | None, more: list[str] | None = None) -> li
     return list(dict.fromkeys(values))
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return value
+
+
 def cmd_release(args: argparse.Namespace) -> int:
     from autograder.release import ReleaseError, release
 
@@ -42,7 +52,7 @@ def cmd_release(args: argparse.Namespace) -> int:
         with without_kernel_tcp_warning():
             release(Path(args.out), Path(args.course_dir), _lab_arg(args.lab, args.labs), db_url=args.db_url,
                     profile=args.profile, dataset=args.dataset,
-                    cache=Path(args.cache_dir) if args.cache_dir else None)
+                    cache=Path(args.cache_dir) if args.cache_dir else None, jobs=args.jobs)
     except ReleaseError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -122,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--dataset", choices=("digits", "cifar10", "food11"),
                    help="dataset of those checkpoints (default: the profile's, cifar10 when prepared)")
     r.add_argument("--cache-dir", help="where built checkpoints are cached (default build/checkpoint-cache)")
+    r.add_argument("--jobs", type=_positive_int, help="checkpoints trained at once, each in its own process (default: 2 "
+                   "on a CPU with 2+ cores, 1 on a GPU; logs beside the cache)")
     r.set_defaults(func=cmd_release)
 
     g = sub.add_parser("grade", help="autograde a folder or LMS zip of submissions")

@@ -52,15 +52,17 @@ def build_checkpoints(course: Path, labs: list[str], notebooks: Path = nbu.NOTEB
 
 
 def ship_profile(course: Path, labs: list[str], profile: str, dataset: str | None = None,
-                 notebooks: Path = nbu.NOTEBOOKS, cache: Path | None = None, log=print) -> float:
+                 notebooks: Path = nbu.NOTEBOOKS, cache: Path | None = None, log=print,
+                 jobs: int | None = None) -> float:
     """Build (or reuse) the ``profile``/``dataset`` checkpoints and add them to ``release/<lab>/checkpoints/``.
 
     They go only into the student version (after ``generate_assignment``), not into ``source/``,
     so grading, which runs under ``smoke``, does not copy them into every submission's folder.
-    Returns the megabytes shipped.
+    ``jobs``: items trained at once (default: ``shipped.default_jobs``). Returns the megabytes shipped.
     """
     try:
-        folder, files = shipped.build(labs, profile, dataset, cache=cache, notebooks=notebooks, log=log)
+        folder, files = shipped.build(labs, profile, dataset, cache=cache, notebooks=notebooks, log=log,
+                                      jobs=jobs)
     except shipped.CheckpointError as exc:
         raise ReleaseError(str(exc)) from None
     mb = shipped.ship(files, course / "release")
@@ -256,16 +258,17 @@ def scan_for_leaks(folder: Path) -> list[str]:
 
 def release(out: Path, course: Path, labs: list[str] | None = None, notebooks: Path = nbu.NOTEBOOKS,
             db_url: str | None = None, profile: str | None = None, dataset: str | None = None,
-            cache: Path | None = None, log=print) -> dict:
+            cache: Path | None = None, log=print, jobs: int | None = None) -> dict:
     """The whole release: course folder, checkpoints, student versions, student bundle (+ zip).
 
     ``profile`` (e.g. ``fast``) and ``dataset`` add that profile's checkpoints to the student
-    version, built once and cached (``cache``, default ``build/checkpoint-cache``).
+    version, built once and cached (``cache``, default ``build/checkpoint-cache``), ``jobs`` of
+    them at a time (default: two on a CPU with two cores or more, one on a GPU).
     """
     course = build_course(course, labs, notebooks, db_url=db_url, cache=cache, log=log)
     labs = labs or nbu.available_labs(notebooks)
     if profile and (profile != "smoke" or dataset):
-        ship_profile(course, labs, profile, dataset, notebooks, cache, log=log)
+        ship_profile(course, labs, profile, dataset, notebooks, cache, log=log, jobs=jobs)
         _capstone_for(course, labs, profile, dataset, log)
     bundle, zpath = build_bundle(course, out, labs)
     log(f"release: student bundle {bundle} ({zpath.name})")

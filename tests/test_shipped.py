@@ -113,3 +113,91 @@ def test_real_smoke_build_of_lab4s_prerequisite_then_reused(tmp_path):
     before = os.stat(path).st_mtime_ns
     shipped.build(["lab4_vgg_prune"], "smoke", cache=tmp_path, log=lambda m: None)
     assert os.stat(path).st_mtime_ns == before
+
+
+@pytest.fixture()
+def thread_workers(monkeypatch):
+    """A parallel build with threads for workers, so that the fake training above is seen."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    started: list[int] = []
+    monkeypatch.setattr(shipped, "_executor", lambda jobs, threads: (started.append(jobs), ThreadPoolExecutor(jobs))[1])
+    monkeypatch.setattr(shipped, "_build_logged",
+                        lambda item, prof, artifacts, notebooks, timeout, log: shipped._build_item(
+                            item, prof, artifacts, notebooks, timeout))
+    return started
+
+
+def test_a_parallel_build_starts_the_longest_chain_first_and_respects_needs(tmp_path, fake_build, thread_workers):
+    calls, _ = fake_build
+    labs = [LAB1, LAB2, "lab7_quantization", "lab8_capstone"]
+    folder, files = shipped.build(labs, "smoke", cache=tmp_path, log=lambda m: None, jobs=2)
+    assert thread_workers == [2]
+    assert sorted(calls) == sorted(item.key for item in shipped.ITEMS)
+    # lab 8's teacher (10.7 min) and lab 3 (the head of a 10.5-minute chain) go first
+    assert set(calls[:2]) == {"lab8/teacher", "lab3_sparsity_training"}
+    chain = ["lab3_sparsity_training", "lab4_vgg_prune", "lab5_finetune_pruned"]
+    assert [c for c in calls if c in chain] == chain
+    assert json.loads((folder / "done.json").read_text()) == sorted(calls)
+    # the same files as a one-at-a-time build
+    again, files1 = shipped.build(labs, "smoke", cache=tmp_path / "one", log=lambda m: None, jobs=1)
+    assert {lab: [p.name for p in ps] for lab, ps in files.items()} == \
+           {lab: [p.name for p in ps] for lab, ps in files1.items()}
+
+
+def test_a_failed_item_in_a_parallel_build_stops_new_ones_and_the_rest_resume(tmp_path, monkeypatch, thread_workers):
+    calls: list[str] = []
+
+    def build_item(item, prof, artifacts, notebooks, timeout):
+        if item.key == "lab3_sparsity_training" and not calls.count("retry"):
+            raise RuntimeError("out of memory\nsecond line")
+        calls.append(item.key)
+        for pattern in item.files:
+            (artifacts / pattern.format(profile=prof.name, dataset=prof.dataset)).write_bytes(b"x")
+
+    monkeypatch.setattr(shipped, "_build_item", build_item)
+    with pytest.raises(shipped.CheckpointError) as err:
+        shipped.build(["lab5_finetune_pruned", "lab8_capstone"], "smoke", cache=tmp_path, log=lambda m: None, jobs=2)
+    msg = str(err.value)
+    assert msg.startswith("lab3_sparsity_training failed: RuntimeError: out of memory (log: ")
+    assert "\n" not in msg and msg.endswith("lab3_sparsity_training.log)")
+    assert calls == ["lab8/teacher"]  # running beside it, it finished and counts; lab 4 never started
+    calls.append("retry")
+    logs: list[str] = []
+    shipped.build(["lab5_finetune_pruned", "lab8_capstone"], "smoke", cache=tmp_path, log=logs.append, jobs=2)
+    assert calls[2:] == ["lab3_sparsity_training", "lab4_vgg_prune", "lab5_finetune_pruned"]
+    assert "resuming: 1 done" in logs[0] and "2 at a time" in logs[0]
+
+
+def test_jobs_default_to_one_under_smoke_and_two_on_a_cpu(monkeypatch):
+    from labkit.profile import resolve
+
+    assert shipped.default_jobs(resolve({"LABKIT_PROFILE": "smoke"})) == 1
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    fast = resolve({"LABKIT_PROFILE": "fast", "LABKIT_DEVICE": "cpu"})
+    assert shipped.default_jobs(fast) == 2
+    assert shipped.default_jobs(fast.with_(device="cuda")) == 1
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert shipped.default_jobs(fast) == 1
+    with pytest.raises(shipped.CheckpointError, match="jobs must be a whole number of at least 1, got 0"):
+        shipped.build([LAB1], "smoke", cache=None, log=lambda m: None, jobs=0)
+
+
+@pytest.mark.slow
+def test_real_parallel_smoke_build_in_worker_processes(tmp_path):
+    """Two spawned workers, one thread each: lab 1's starter beside lab 3's notebook, logs kept."""
+    folder, files = shipped.build([LAB1, "lab4_vgg_prune"], "smoke", cache=tmp_path, log=lambda m: None, jobs=2)
+    assert [p.name for p in files[LAB1]] == ["lab1-source_backbone-smoke-digits.pt"]
+    assert [p.name for p in files["lab4_vgg_prune"]] == ["lab3-vgg_sparse-smoke-digits.pt"]
+    assert json.loads((folder / "done.json").read_text()) == ["lab1/source_backbone", "lab3_sparsity_training"]
+    assert sorted(p.name for p in (folder / "logs").iterdir()) == ["lab1-source_backbone.log",
+                                                                   "lab3_sparsity_training.log"]
+
+
+def test_release_command_refuses_jobs_below_one(capsys):
+    from autograder.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["release", "--profile", "fast", "--jobs", "0"])
+    assert exit_.value.code == 2
+    assert "--jobs: must be a whole number of at least 1, got '0'" in capsys.readouterr().err
