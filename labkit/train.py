@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from labkit.allocator import keep_freed_memory
 from labkit.checkpoints import load_checkpoint, save_checkpoint
 from labkit.history import ROW_KEYS, History
 from labkit.metrics import model_device
@@ -334,6 +335,7 @@ def fit(model: nn.Module, train_loader: Iterable, test_loader: Iterable | None =
     _check_fit_args(epochs, monitor, test_loader, early_stopping, label_smoothing, loss_fn, lookahead)
     if isinstance(precise_bn, bool) or not isinstance(precise_bn, int) or precise_bn < 0:
         raise ValueError(f"precise_bn must be a number of batches >= 0, got {precise_bn!r}")
+    keep_freed_memory()  # once per process: no page faults for every step's activations
     run = _setup(model, train_loader, test_loader, epochs=epochs, lr=lr, optimizer=optimizer,
                  scheduler=scheduler, milestones=milestones, loss_fn=loss_fn,
                  after_backward=after_backward, monitor=monitor, device=device, amp=amp,
