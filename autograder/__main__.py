@@ -132,8 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--dataset", choices=("digits", "cifar10", "food11"),
                    help="dataset of those checkpoints (default: the profile's, cifar10 when prepared)")
     r.add_argument("--cache-dir", help="where built checkpoints are cached (default build/checkpoint-cache)")
-    r.add_argument("--jobs", type=_positive_int, help="checkpoints trained at once, each in its own process (default: 2 "
-                   "on a CPU with 2+ cores, 1 on a GPU; logs beside the cache)")
+    r.add_argument("--jobs", type=_positive_int, default=1,
+                   help="checkpoints trained at once, each in a process of its own with cores/N threads and "
+                        "its log beside the cache (default 1: on 2 cores one at a time is faster)")
     r.set_defaults(func=cmd_release)
 
     g = sub.add_parser("grade", help="autograde a folder or LMS zip of submissions")

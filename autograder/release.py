@@ -53,12 +53,12 @@ def build_checkpoints(course: Path, labs: list[str], notebooks: Path = nbu.NOTEB
 
 def ship_profile(course: Path, labs: list[str], profile: str, dataset: str | None = None,
                  notebooks: Path = nbu.NOTEBOOKS, cache: Path | None = None, log=print,
-                 jobs: int | None = None) -> float:
+                 jobs: int = 1) -> float:
     """Build (or reuse) the ``profile``/``dataset`` checkpoints and add them to ``release/<lab>/checkpoints/``.
 
     They go only into the student version (after ``generate_assignment``), not into ``source/``,
     so grading, which runs under ``smoke``, does not copy them into every submission's folder.
-    ``jobs``: items trained at once (default: ``shipped.default_jobs``). Returns the megabytes shipped.
+    ``jobs``: items trained at once (``shipped.build``). Returns the megabytes shipped.
     """
     try:
         folder, files = shipped.build(labs, profile, dataset, cache=cache, notebooks=notebooks, log=log,
@@ -258,12 +258,12 @@ def scan_for_leaks(folder: Path) -> list[str]:
 
 def release(out: Path, course: Path, labs: list[str] | None = None, notebooks: Path = nbu.NOTEBOOKS,
             db_url: str | None = None, profile: str | None = None, dataset: str | None = None,
-            cache: Path | None = None, log=print, jobs: int | None = None) -> dict:
+            cache: Path | None = None, log=print, jobs: int = 1) -> dict:
     """The whole release: course folder, checkpoints, student versions, student bundle (+ zip).
 
     ``profile`` (e.g. ``fast``) and ``dataset`` add that profile's checkpoints to the student
     version, built once and cached (``cache``, default ``build/checkpoint-cache``), ``jobs`` of
-    them at a time (default: two on a CPU with two cores or more, one on a GPU).
+    them at a time (default one: faster on 2 cores, see ``shipped.build``).
     """
     course = build_course(course, labs, notebooks, db_url=db_url, cache=cache, log=log)
     labs = labs or nbu.available_labs(notebooks)

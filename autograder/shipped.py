@@ -152,32 +152,24 @@ def _build_item(item: Item, prof, artifacts: Path, notebooks: Path, timeout: int
         raise CheckpointError(f"{item.notebook} failed under {prof.name} while building checkpoints: {res.error}")
 
 
-def default_jobs(prof) -> int:
-    """How many items a build trains at once: one under smoke or on a GPU, else up to two.
-
-    Two one-thread processes get more out of two CPU cores than one two-thread process: the
-    release's items trained 1.3-1.5x slower each with one thread beside another job than alone
-    with two, so two at a time finish the whole set about 1.4x sooner (README, release timings).
-    Smoke items take seconds, less than starting a worker process.
-    """
-    if prof.name == "smoke" or str(prof.device) != "cpu":
-        return 1
-    return max(1, min(2, os.cpu_count() or 1))
-
-
 def build(labs: list[str], profile: str = "smoke", dataset: str | None = None, cache: Path | None = None,
           notebooks: Path = nbu.NOTEBOOKS, timeout: int = 3600, log=print,
-          jobs: int | None = None) -> tuple[Path, dict[str, list[Path]]]:
+          jobs: int = 1) -> tuple[Path, dict[str, list[Path]]]:
     """Build (or reuse) what ``labs`` load under ``profile``/``dataset``.
 
-    ``jobs``: items trained at once (default :func:`default_jobs`). With more than one, each item
-    runs in a worker process of its own with ``cores // jobs`` threads, its output in
+    ``jobs``: items trained at once (default 1, in this process). With more, each item runs in a
+    worker process of its own with ``cores // jobs`` threads, its output in
     ``<cache folder>/logs/<item>.log``; an item starts once the items it needs are built, the
-    longest remaining chain first.
+    longest remaining chain first. On 2 cores one item at a time is faster: a whole fast release
+    took 32 min 10 s, where two at a time ran each item 2.2x slower with one thread than alone
+    with two (lab 8's teacher: 1.94 against 4.4 batches/s). Before labkit kept freed memory in
+    the heap (:mod:`labkit.allocator`), page faults kept two threads from scaling, and two at a
+    time won (32 min 11 s against 39 min 4 s). More cores than one training run can use are where
+    ``jobs`` > 1 may pay.
 
     Returns ``(cache folder, {lab: [files it loads]})``. Raises :class:`CheckpointError`.
     """
-    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise CheckpointError(f"jobs must be a whole number of at least 1, got {jobs!r}")
     items = needed_items(labs)
     if dataset is None and profile != "smoke":
@@ -190,7 +182,7 @@ def build(labs: list[str], profile: str = "smoke", dataset: str | None = None, c
     done_path = folder / "done.json"
     done = set(json.loads(done_path.read_text(encoding="utf-8"))) if done_path.is_file() else set()
     todo = [item for item in items if item.key not in done or not _files(item, artifacts, prof)]
-    jobs = min(default_jobs(prof) if jobs is None else jobs, len(todo)) or 1
+    jobs = min(jobs, len(todo)) or 1
     if todo:
         _check_dataset(prof)
         artifacts.mkdir(parents=True, exist_ok=True)

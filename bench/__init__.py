@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = ("throughput", "structured", "unstructured", "grading")
+SECTIONS = ("throughput", "allocator", "structured", "unstructured", "grading")
 
 
 def cpu_model() -> str:

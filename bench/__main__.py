@@ -81,9 +81,10 @@ def _grading_dask() -> dict:
 
 
 def _runners() -> dict[str, Callable[[bool], list[dict]]]:
-    from bench import pruning, throughput
+    from bench import allocator, pruning, throughput
 
     return {"throughput": lambda smoke: throughput.run(smoke=smoke),
+            "allocator": lambda smoke: allocator.run(smoke=smoke),
             "structured": lambda smoke: pruning.run_structured(smoke=smoke),
             "unstructured": lambda smoke: pruning.run_unstructured(smoke=smoke),
             "grading": _grading}
@@ -135,6 +136,14 @@ def to_markdown(result: dict) -> str:
                 out += ["", f"- baseline: {r['baseline']}", f"- labkit: {r['candidate']}",
                         f"- images: {r['images_source']}; decoding them once took {r['decode_once_s']} s "
                         f"(paid once per course, not per epoch)"]
+        elif name == "allocator":
+            out += _table(rows, [("training (NHWC, random images)", "name"),
+                                 ("default img/s", "default_images_per_s"), ("kept img/s", "kept_images_per_s"),
+                                 ("ratio", "ratio"), ("faults/step default → kept", "_faults"),
+                                 ("peak MB default → kept", "_rss"), ("goal met", "goal_met"),
+                                 ("wall s", "wall_s"), ("command", "command")])
+            out += ["", "- kept: `labkit.allocator.keep_freed_memory()` (what `fit` and every notebook call); "
+                        "default: glibc's own thresholds. Each side runs in a fresh process."]
         elif name == "structured":
             out += _table(rows, [("pruned", "percent"), ("params ratio", "params_ratio"),
                                  ("FLOPs ratio", "flops_ratio"), ("latency b1 ratio", "latency_b1_ratio"),
@@ -160,7 +169,8 @@ def to_markdown(result: dict) -> str:
 
 
 def _with_ms_pairs(rows: list[dict]) -> list[dict]:
-    """Add display-only ``_b1`` / ``_b64`` columns ("a → b" milliseconds) for the Markdown tables."""
+    """Add display-only "a → b" columns for the Markdown tables: ``_b1`` / ``_b64`` (milliseconds),
+    ``_faults`` / ``_rss`` (the allocator rows)."""
     out = []
     for r in rows:
         r = dict(r)
@@ -169,6 +179,9 @@ def _with_ms_pairs(rows: list[dict]) -> list[dict]:
             p = r.get(f"latency_b{b}_pruned_ms")
             if a is not None and p is not None:
                 r[f"_b{b}"] = f"{a:.3g} → {p:.3g}"
+        for key, col in (("faults_per_step", "_faults"), ("peak_rss_mb", "_rss")):
+            if f"default_{key}" in r and f"kept_{key}" in r:
+                r[col] = f"{r[f'default_{key}']:,} → {r[f'kept_{key}']:,}"
         out.append(r)
     return out
 

@@ -258,3 +258,13 @@ def test_layout_benchmark_measures_both_layouts_on_a_tiny_model():
     for nhwc in (False, True):
         assert images_per_s(lambda: simple_cnn(10, width=4), 4, nhwc, steps=1, warmup=1) > 0
     assert all(batch > 0 and callable(make) for _, make, batch in MODELS)
+
+
+def test_allocator_rows_measure_both_sides_in_fresh_processes(smoke_results):
+    result, md = smoke_results
+    (row,) = result["sections"]["allocator"]["rows"]
+    assert row["ratio"] == pytest.approx(row["kept_images_per_s"] / row["default_images_per_s"], rel=1e-2)
+    assert row["default_images_per_s"] > 0 and row["kept_images_per_s"] > 0
+    assert row["default_faults_per_step"] >= 0 and row["kept_peak_rss_mb"] > 0
+    assert row["goal_met"] == (row["kept_images_per_s"] > row["default_images_per_s"])
+    assert f"{row['default_faults_per_step']:,} → {row['kept_faults_per_step']:,}" in md

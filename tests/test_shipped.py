@@ -169,18 +169,14 @@ def test_a_failed_item_in_a_parallel_build_stops_new_ones_and_the_rest_resume(tm
     assert "resuming: 1 done" in logs[0] and "2 at a time" in logs[0]
 
 
-def test_jobs_default_to_one_under_smoke_and_two_on_a_cpu(monkeypatch):
-    from labkit.profile import resolve
-
-    assert shipped.default_jobs(resolve({"LABKIT_PROFILE": "smoke"})) == 1
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    fast = resolve({"LABKIT_PROFILE": "fast", "LABKIT_DEVICE": "cpu"})
-    assert shipped.default_jobs(fast) == 2
-    assert shipped.default_jobs(fast.with_(device="cuda")) == 1
-    monkeypatch.setattr(os, "cpu_count", lambda: 1)
-    assert shipped.default_jobs(fast) == 1
-    with pytest.raises(shipped.CheckpointError, match="jobs must be a whole number of at least 1, got 0"):
-        shipped.build([LAB1], "smoke", cache=None, log=lambda m: None, jobs=0)
+def test_one_item_at_a_time_by_default_and_jobs_below_one_refused(tmp_path, fake_build, monkeypatch):
+    started: list[int] = []
+    monkeypatch.setattr(shipped, "_executor", lambda jobs, threads: started.append(jobs))
+    shipped.build([LAB1, LAB2], "smoke", cache=tmp_path, log=lambda m: None)
+    assert started == [] and len(fake_build[0]) == 3  # in this process, no worker pool
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(shipped.CheckpointError, match="jobs must be a whole number of at least 1"):
+            shipped.build([LAB1], "smoke", cache=tmp_path, log=lambda m: None, jobs=bad)
 
 
 @pytest.mark.slow
