@@ -10,7 +10,9 @@ thresholds raised (:func:`keep_freed_memory`), freed blocks stay in the heap and
 about 300 faults per step and 1,090-1,360 images/s, the same numbers. The faults also kept two
 threads from scaling (two one-thread processes side by side did better than one two-thread
 process); without them two threads train 1.98x as fast as one. Measured 2026-12-08, two cores,
-glibc 2.36 (``/tmp`` probe, numbers in the README).
+glibc 2.36 (``/tmp`` probe, numbers in the README). What a fault costs depends on the machine's
+state: ``python -m bench --only allocator`` measured 1.44x / 1.44x / 1.26x (VGG-11 w0.25, w0.5,
+ResNet-18) in one run and 1.11x / 1.55x / 0.97x in another; no run showed a loss beyond noise.
 
 The price: a process keeps its heap until it exits instead of shrinking between steps, and
 blocks freed where a new one does not fit stay too, so the peak grows a little: 1,007 -> 1,163 MB
