@@ -217,12 +217,11 @@ def build(labs: list[str], profile: str = "smoke", dataset: str | None = None, c
 
 def _chain_minutes(todo: list[Item]) -> dict[str, float]:
     """Each item's minutes plus those of the longest chain of items in ``todo`` that need it."""
-    keys = {item.key for item in todo}
     longest: dict[str, float] = {}
     for item in reversed(todo):  # build order: every item comes after what it needs
         after = [longest[other.key] for other in todo if item.key in other.needs and other.key in longest]
         longest[item.key] = item.minutes + max(after, default=0.0)
-    return {key: longest[key] for key in keys}
+    return longest
 
 
 def _executor(jobs: int, threads: int):

@@ -24,18 +24,15 @@ MODELS: list[tuple[str, str, int]] = [
 ]
 
 _PROBE = r"""
-import json, resource, sys, time
-import torch
+import json, resource, sys
 from labkit import models
-from labkit.allocator import keep_freed_memory
+from labkit.allocator import keep_freed_memory, minor_faults
 from bench.layout import images_per_s
 kept = keep_freed_memory()
-def faults():
-    return int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[7])
 expr, batch, steps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-f0 = faults()
+f0 = minor_faults()
 rate = images_per_s(lambda: eval(expr), batch, True, steps=steps, warmup=2)
-print(json.dumps({"kept": kept, "images_per_s": rate, "faults_per_step": (faults() - f0) / (steps + 2),
+print(json.dumps({"kept": kept, "images_per_s": rate, "faults_per_step": (minor_faults() - f0) / (steps + 2),
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 

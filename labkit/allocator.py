@@ -28,7 +28,7 @@ import ctypes.util
 import os
 import sys
 
-__all__ = ["keep_freed_memory", "MMAP_THRESHOLD", "TRIM_THRESHOLD"]
+__all__ = ["keep_freed_memory", "minor_faults", "MMAP_THRESHOLD", "TRIM_THRESHOLD"]
 
 # glibc's mallopt parameters (malloc.h): M_TRIM_THRESHOLD = -1, M_MMAP_THRESHOLD = -3
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
@@ -66,3 +66,9 @@ def _apply() -> bool:
     # both, or the trim threshold alone would freeze glibc's dynamic mmap threshold at 128 kB
     # (measured: slower than the defaults, 540 against 700-830 images/s)
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+def minor_faults() -> int:
+    """This process's minor page faults so far (Linux ``/proc/self/stat``; what the benchmark and tests count)."""
+    with open("/proc/self/stat", encoding="ascii") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[7])  # minflt: field 10, the 8th after "(comm)"

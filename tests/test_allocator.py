@@ -10,11 +10,9 @@ import pytest
 # A fresh interpreter per case: glibc's settings are per process and cannot be undone.
 PROBE = r"""
 import os, sys, torch
-from labkit.allocator import keep_freed_memory
+from labkit.allocator import keep_freed_memory, minor_faults as faults
 on = keep_freed_memory() if sys.argv[1] == "keep" else False
 again = keep_freed_memory() if sys.argv[1] == "keep" else False
-def faults():
-    return int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[7])  # minflt
 for _ in range(30):
     torch.ones(10_000_000).sum()  # warm: the heap grows by a few blocks while it settles
 f0 = faults()
